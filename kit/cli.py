@@ -1,0 +1,216 @@
+"""Command-line interface: ``python -m kit fit | eval | list | info``.
+
+    python -m kit fit --method padim --category magnetic_tile --out runs/padim_mtd
+    python -m kit eval runs/padim_mtd
+    python -m kit list runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from kit.paths import DEFAULT_CATEGORY, default_data_root, default_runs_root
+
+
+def _parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` with value parsed as JSON when possible (numbers, lists, true/false)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if isinstance(value, list):
+        value = tuple(value)
+    return key.strip(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train on train/good, score the test split, write a run")
+    fit.add_argument("--method", required=True, help="padim, differnet, ... (see `info`)")
+    fit.add_argument("--data-root", default=None,
+                     help="folder holding category folders (default: $KIT_DATA_ROOT, "
+                          "../shared/data/mtd, else the embedded sample)")
+    fit.add_argument("--category", default=DEFAULT_CATEGORY)
+    fit.add_argument("--out", default=None, help="run folder (default: runs/<method>_<category>_<budget>_s<seed>)")
+    fit.add_argument("--backbone", default=None, help="timm model name, e.g. tf_efficientnet_lite0")
+    fit.add_argument("--weights", default=None, help="auto | offline | hub | none | path | URL")
+    fit.add_argument("--image-size", type=int, default=None)
+    fit.add_argument("--budget", choices=("quick", "full"), default="quick")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[],
+                     metavar="KEY=VALUE", help="override any config field (repeatable)")
+    fit.add_argument("--tag", dest="tags", action="append", type=_parse_override, default=[],
+                     metavar="KEY=VALUE", help="label the run (e.g. ablation=table3 variant=A)")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("eval", help="re-score a run's test split from its checkpoint")
+    ev.add_argument("run_dir")
+    ev.add_argument("--data-root", default=None, help="where the data lives now, if it moved")
+    ev.add_argument("--quiet", action="store_true")
+
+    ls = sub.add_parser("list", help="list the runs under a folder with their metrics")
+    ls.add_argument("runs_root", nargs="?", default=None)
+
+    ab = sub.add_parser("ablation", help="run a paper's ablation: one tagged run per variant")
+    ab.add_argument("method")
+    ab.add_argument("name", help="ablation name (see `info`)")
+    ab.add_argument("--data-root", default=None)
+    ab.add_argument("--category", default=DEFAULT_CATEGORY)
+    ab.add_argument("--runs-root", default=None)
+    ab.add_argument("--budget", choices=("quick", "full"), default="quick")
+    ab.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ab.add_argument("--variants", nargs="*", default=None, help="only these variant labels")
+    ab.add_argument("--quiet", action="store_true")
+
+    sub.add_parser("info", help="methods, budgets, ablations and offline backbones")
+
+    demo = sub.add_parser("demo", help="quick runs of every method on the embedded sample")
+    demo.add_argument("--runs-root", default=None)
+    demo.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
+    return parser
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def cmd_fit(args) -> int:
+    from kit.pipeline import run_experiment
+
+    overrides = dict(args.overrides)
+    for key in ("backbone", "weights", "image_size"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    data_root = default_data_root(args.data_root)
+    out = Path(args.out) if args.out else (
+        default_runs_root() / f"{args.method}_{args.category}_{args.budget}_s{args.seed}")
+    print(f"fitting {args.method} on {data_root / args.category} ({args.budget} budget, seed {args.seed})")
+    run_dir = run_experiment(args.method, data_root, args.category, out, budget=args.budget,
+                             seed=args.seed, overrides=overrides, tags=dict(args.tags),
+                             progress=not args.quiet,
+                             overwrite=args.overwrite)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    keys = ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "f1_max", "fit_seconds", "infer_ms_per_image")
+    print("  ".join(f"{k}={_fmt(metrics.get(k))}" for k in keys))
+    print(f"run written to {run_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from kit.pipeline import rescore_run
+    from kit.runstore import load_run
+
+    run = load_run(args.run_dir)
+    fresh = rescore_run(args.run_dir, args.data_root, progress=not args.quiet)
+    worst = 0.0
+    print(f"{'metric':<14}{'stored':>10}{'re-scored':>11}")
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "f1_max", "precision", "recall", "f1"):
+        a, b = run.metrics.get(key), fresh.get(key)
+        print(f"{key:<14}{_fmt(a):>10}{_fmt(b):>11}")
+        if isinstance(a, float) and isinstance(b, float):
+            worst = max(worst, abs(a - b))
+    print(f"largest difference: {worst:.2e}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from kit.runstore import list_runs
+
+    root = default_runs_root(args.runs_root)
+    runs, broken = list_runs(root)
+    if not runs and not broken:
+        print(f"no runs under {root}. Make one with: python -m kit fit --method padim")
+        return 0
+    header = f"{'run':<40}{'method':<11}{'backbone':<24}{'budget':<7}{'img AUROC':>10}{'pix AUROC':>10}{'AUPRO':>8}{'fit s':>8}"
+    print(header)
+    for r in runs:
+        m = r.metrics
+        print(f"{r.name:<40}{m['method']:<11}{m['backbone']:<24}{m['budget']:<7}"
+              f"{_fmt(m['image_auroc']):>10}{_fmt(m['pixel_auroc']):>10}{_fmt(m['aupro']):>8}{_fmt(m['fit_seconds']):>8}")
+    for message in broken:
+        print(f"broken: {message}")
+    return 0
+
+
+def cmd_ablation(args) -> int:
+    from kit.experiments import ablation_table, find_ablation, run_ablation
+
+    ablation = find_ablation(args.method, args.name)
+    root = default_runs_root(args.runs_root)
+    run_ablation(args.method, args.name, default_data_root(args.data_root), args.category, root,
+                 budget=args.budget, seeds=tuple(args.seeds), variants=args.variants,
+                 progress=not args.quiet,
+                 on_run=lambda label, path: print(f"{label}: {path}"))
+    print(f"\n{ablation.title} ({ablation.metric}; paper values: {ablation.paper_dataset})")
+    print(f"{'variant':<16}{'paper':>8}{'ours':>8}{'spread':>8}{'runs':>6}")
+    for row in ablation_table(root, args.method, args.name):
+        print(f"{row['variant']:<16}{_fmt(row['paper']):>8}{_fmt(row['ours']):>8}"
+              f"{_fmt(row['spread']):>8}{row['runs']:>6}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from kit.backbones import OFFLINE_WEIGHTS
+    from kit.method import load_methods
+
+    for name, cls in sorted(load_methods().items()):
+        print(f"{name:<12}{cls.title}  budgets: {', '.join(cls.config_cls.BUDGETS)}")
+        for ablation in cls.ablations:
+            labels = ", ".join(v.label for v in ablation.variants)
+            print(f"{'':<12}ablation '{ablation.name}': {ablation.title} [{labels}]")
+    print("offline backbones:", ", ".join(OFFLINE_WEIGHTS))
+    print("data root:", default_data_root())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from kit.method import load_methods
+    from kit.paths import DEFAULT_CATEGORY, SAMPLE_ROOT
+    from kit.pipeline import run_experiment
+    from kit.runstore import RunError, load_run
+
+    root = default_runs_root(args.runs_root)
+    for name in args.methods or sorted(load_methods()):
+        out = root / f"demo_{name}"
+        try:
+            load_run(out)
+            print(f"{name}: demo run exists at {out}")
+            continue
+        except RunError:
+            pass
+        print(f"{name}: quick run on the embedded sample {SAMPLE_ROOT / DEFAULT_CATEGORY}")
+        run_experiment(name, SAMPLE_ROOT, DEFAULT_CATEGORY, out, budget="quick", overwrite=True)
+    print()
+    cmd_list(argparse.Namespace(runs_root=str(root)))
+    print("\ndashboard ready: .venv/bin/streamlit run app.py   (or: make app)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kit.data import DataError
+    from kit.runstore import RunError
+
+    args = build_parser().parse_args(argv)
+    commands = {"fit": cmd_fit, "eval": cmd_eval, "list": cmd_list, "info": cmd_info,
+                "demo": cmd_demo, "ablation": cmd_ablation}
+    try:
+        return commands[args.command](args)
+    except (DataError, RunError, ValueError) as err:  # bad input: one clear line, no traceback
+        if os.environ.get("KIT_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no run was written", file=sys.stderr)
+        return 130

@@ -1,0 +1,163 @@
+"""The method interface every detector in ``kit`` follows, and the registry of methods.
+
+A method file (``kit/padim.py``, ``kit/differnet.py``, ...) holds a config dataclass with the
+paper's values, and a class with ``fit``, ``predict``, ``embed``, ``state_dict`` and
+``load_state_dict``. The pipeline, the CLI, the notebooks and the dashboard only talk to this
+interface, so a new method appears everywhere once its module is listed in ``METHOD_MODULES``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from kit.data import ImageSet
+
+# Modules that define methods. Registering a new method = adding its module here.
+METHOD_MODULES = ("kit.padim",)
+BUDGETS = ("quick", "full")
+
+
+@dataclass
+class MethodConfig:
+    """Settings every method shares. Subclasses add the paper's own fields."""
+
+    backbone: str = "tf_efficientnet_lite0"  # timm name; offline Lite weights stand in for the papers' nets
+    weights: str = "auto"  # "auto" | "offline" | "hub" | "none" | path or URL (see kit/backbones.py)
+    image_size: int = 256  # S: images are squashed to S x S; maps come back at S x S
+    seed: int = 0  # seeds python, numpy and torch for the whole run
+    budget: str = "quick"  # "quick" (CI-sized) or "full" (the paper's protocol)
+    batch_size: int = 8  # inference batch size
+    val_fraction: float = 0.1  # share of train/good held out to pick the threshold (never the test split)
+    threshold_quantile: float = 0.99  # image threshold = this quantile of held-out normal scores
+    max_train_images: int | None = None  # seeded subset of the training images (few-shot experiments)
+
+    # Per-budget overrides of the fields above; subclasses fill these in.
+    BUDGETS: ClassVar[dict[str, dict[str, Any]]] = {"quick": {}, "full": {}}
+
+    @classmethod
+    def for_budget(cls, budget: str = "quick", **overrides: Any) -> "MethodConfig":
+        """Defaults, then the budget's overrides, then the caller's overrides."""
+        if budget not in cls.BUDGETS:
+            raise ValueError(f"unknown budget '{budget}' (choose from {', '.join(cls.BUDGETS)})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise ValueError(f"unknown setting(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+        values = {**cls.BUDGETS[budget], **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(budget=budget, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "MethodConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
+        return cls(**kwargs)
+
+
+@dataclass
+class Prediction:
+    """Output of ``predict``: ``image_scores [B]`` and ``anomaly_maps [B, S, S]``; larger = more anomalous."""
+
+    image_scores: torch.Tensor
+    anomaly_maps: torch.Tensor
+
+
+@dataclass
+class AblationVariant:
+    """One column of a paper's ablation table: the overrides that make it and the paper's value."""
+
+    label: str
+    overrides: dict[str, Any]
+    paper_value: float | None = None  # in [0, 1]; None where the paper gives no number
+
+
+@dataclass
+class Ablation:
+    """A paper's ablation study, run as one run per variant (tagged in the run's config)."""
+
+    name: str
+    title: str
+    metric: str  # key of metrics.json, e.g. "image_auroc"
+    paper_dataset: str  # where the paper's numbers come from, e.g. "MVTec AD mean"
+    variants: list[AblationVariant] = field(default_factory=list)
+    note: str = ""
+
+
+class AnomalyMethod(ABC):
+    """Base class. Images are float ``[B, 3, S, S]`` in [0, 1] (see docs/design.md)."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[MethodConfig]]
+    title: ClassVar[str] = ""  # human name, e.g. "DifferNet (Rudolph et al., WACV 2021)"
+    feature_spaces: ClassVar[tuple[str, ...]] = ("source",)  # names of the spaces embed() returns
+    paper_results: ClassVar[dict[str, dict[str, float]]] = {}  # {"mtd": {"image_auroc": 0.977}}
+    ablations: ClassVar[tuple[Ablation, ...]] = ()
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+
+    @abstractmethod
+    def fit(self, train: ImageSet, progress: bool = True) -> dict[str, Any]:
+        """Learn from defect-free images. Returns a training log (e.g. loss per epoch)."""
+
+    @abstractmethod
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Scores and maps for a batch ``[B, 3, S, S]``."""
+
+    @abstractmethod
+    def embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One ``[B, D]`` feature vector per image for each name in ``feature_spaces``."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to predict again: tensors and plain Python values only."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from ``state_dict()`` (loaded with ``torch.load(weights_only=True)``)."""
+
+
+METHODS: dict[str, type[AnomalyMethod]] = {}
+
+
+def register(cls: type[AnomalyMethod]) -> type[AnomalyMethod]:
+    """Class decorator that adds a method to ``METHODS`` under ``cls.name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def load_methods() -> dict[str, type[AnomalyMethod]]:
+    """Import every module in ``METHOD_MODULES`` and return the registry."""
+    for module in METHOD_MODULES:
+        importlib.import_module(module)
+    return METHODS
+
+
+def method_class(name: str) -> type[AnomalyMethod]:
+    methods = load_methods()
+    if name not in methods:
+        raise ValueError(f"unknown method '{name}' (available: {', '.join(sorted(methods))})")
+    return methods[name]
+
+
+def make_method(name: str, budget: str = "quick", **overrides: Any) -> AnomalyMethod:
+    """Build a method with the budget's defaults and the caller's overrides."""
+    cls = method_class(name)
+    return cls(cls.config_cls.for_budget(budget, **overrides))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch so a CPU run gives the same numbers twice."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

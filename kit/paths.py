@@ -1,0 +1,57 @@
+"""Where things live: the repository, the embedded sample, real data and runs.
+
+Resolution order for the data root (the folder that holds category folders such as
+``magnetic_tile`` or ``bottle``):
+
+1. an explicit ``--data-root`` / function argument,
+2. the ``KIT_DATA_ROOT`` environment variable,
+3. ``../shared/data/mtd`` beside the repository, when it exists (real data for development),
+4. the embedded sample shipped inside the package (always there).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+SAMPLE_ROOT = PACKAGE_DIR / "sample"  # embedded MTD subset, see kit/sample/SOURCE.txt
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_CATEGORY = "magnetic_tile"
+
+
+def default_data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The data root to use when the caller gave ``explicit`` (may be None)."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("KIT_DATA_ROOT")
+    if env:
+        return Path(env).expanduser()
+    real = SHARED_DATA / "mtd"
+    if real.is_dir():
+        return real
+    return SAMPLE_ROOT
+
+
+def dtd_root() -> Path | None:
+    """Describable Textures (anomaly sources for synthetic defects), or None if absent."""
+    env = os.environ.get("KIT_DTD_ROOT")
+    if env:
+        return Path(env).expanduser()
+    real = SHARED_DATA / "dtd" / "images"
+    return real if real.is_dir() else None
+
+
+def default_runs_root(explicit: str | os.PathLike | None = None) -> Path:
+    """Folder that holds run folders: argument, ``KIT_RUNS_ROOT``, else ``<repo>/runs``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("KIT_RUNS_ROOT")
+    return Path(env).expanduser() if env else REPO_ROOT / "runs"
+
+
+def cache_dir() -> Path:
+    """Feature and download cache: ``KIT_CACHE_DIR`` or ``<repo>/.cache``."""
+    env = os.environ.get("KIT_CACHE_DIR")
+    return Path(env).expanduser() if env else REPO_ROOT / ".cache"

@@ -1,0 +1,222 @@
+"""One experiment from data to run folder: fit, pick the threshold on held-out normals,
+score the test split, compute metrics, store everything.
+
+Which data every choice uses:
+- the model sees only the fit part of ``train/good``;
+- the decision threshold and the map display statistics use the held-out normal part
+  (``val_fraction`` of ``train/good``), or the fit images themselves when ``val_fraction`` is 0
+  (then ``threshold_source`` says "fit images (in-sample)");
+- the test split is used for metrics only.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import kit
+from kit import metrics as M
+from kit.data import Category, ImageSet, Sample, find_category, split_train_val, subsample
+from kit.method import AnomalyMethod, make_method, method_class, seed_everything
+from kit.runstore import load_run, write_run
+
+EMBED_TEST = 240  # test images whose features are stored for the embedding plots
+EMBED_NORMAL = 120  # training (defect-free) images stored likewise
+
+
+@dataclass
+class Scored:
+    """Scores ``[N]`` and maps ``[N, S, S]`` of a list of samples, and the seconds it took."""
+
+    scores: np.ndarray
+    maps: np.ndarray
+    seconds: float
+
+
+def score_samples(method: AnomalyMethod, samples: list[Sample], progress: bool = True,
+                  desc: str = "scoring") -> Scored:
+    """Run ``method.predict`` over samples in batches; time only the prediction itself."""
+    images = ImageSet(samples, method.config.image_size)
+    images.tensor(progress=progress, desc=f"{desc}: loading")
+    scores, maps, seconds = [], [], 0.0
+    for batch in images.batches(method.config.batch_size, progress=progress, desc=desc):
+        start = time.perf_counter()
+        pred = method.predict(batch)
+        seconds += time.perf_counter() - start
+        scores.append(pred.image_scores.detach().float().cpu().numpy())
+        maps.append(pred.anomaly_maps.detach().float().cpu().numpy())
+    return Scored(np.concatenate(scores), np.concatenate(maps), seconds)
+
+
+def map_statistics(normal_maps: np.ndarray) -> dict[str, float]:
+    """Quantiles of anomaly-map values on normal images: the display scale of a run.
+
+    The dashboard maps ``p50`` to the bottom of the colour scale and ``p999`` to where
+    defects begin, the same for every image, instead of per-image min-max (which makes
+    normal images look defective).
+    """
+    values = normal_maps.astype(np.float32).ravel()
+    if values.size > 4_000_000:  # quantiles of a seeded subsample are plenty for display
+        values = np.random.default_rng(0).choice(values, 4_000_000, replace=False)
+    q = np.quantile(values, [0.5, 0.9, 0.99, 0.999])
+    return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "p999": float(q[3]),
+            "max": float(values.max()), "min": float(values.min())}
+
+
+def _embedding_indices(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded subset of at most ``n`` indices keeping the normal/defect ratio."""
+    if len(labels) <= n:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    picked = []
+    for value in np.unique(labels):
+        idx = np.flatnonzero(labels == value)
+        k = max(1, int(round(n * len(idx) / len(labels))))
+        picked.append(rng.choice(idx, min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def collect_features(method: AnomalyMethod, train: list[Sample], test: list[Sample],
+                     seed: int, progress: bool = True) -> dict[str, dict[str, np.ndarray]]:
+    """Features of a sample of training and test images in every space the method has."""
+    test_labels = np.array([s.label for s in test])
+    test_pick = [test[i] for i in _embedding_indices(test_labels, EMBED_TEST, seed)]
+    train_pick = [train[i] for i in _embedding_indices(np.zeros(len(train)), EMBED_NORMAL, seed)]
+    samples = train_pick + test_pick
+    splits = np.array(["train"] * len(train_pick) + ["test"] * len(test_pick))
+    labels = np.array([s.label for s in samples])
+    defect = np.array([s.defect_type for s in samples])
+    images = ImageSet(samples, method.config.image_size)
+    chunks: dict[str, list[np.ndarray]] = {}
+    for batch in images.batches(method.config.batch_size, progress=progress, desc="features"):
+        for space, x in method.embed(batch).items():
+            chunks.setdefault(space, []).append(x.detach().float().cpu().numpy())
+    return {space: {"x": np.concatenate(xs).astype(np.float32), "label": labels,
+                    "split": splits, "defect_type": defect}
+            for space, xs in chunks.items()}
+
+
+def evaluate_scored(test: list[Sample], scored: Scored, image_size: int, threshold: float | None,
+                    has_masks: bool) -> dict[str, Any]:
+    """Metrics of scored test samples (pixel metrics only where masks exist)."""
+    labels = np.array([s.label for s in test])
+    if has_masks:
+        masks, include = ImageSet(test, image_size).masks()
+        return M.evaluate(scored.scores, labels, scored.maps, masks, include, threshold=threshold)
+    return M.evaluate(scored.scores, labels, threshold=threshold)
+
+
+def run_experiment(method_name: str, data_root: Path | str, category: str, out_dir: Path | str,
+                   budget: str = "quick", seed: int = 0, overrides: dict[str, Any] | None = None,
+                   tags: dict[str, Any] | None = None, progress: bool = True,
+                   overwrite: bool = False,
+                   on_stage: Callable[[str, float], None] | None = None) -> Path:
+    """Fit ``method_name`` on ``category`` and write a complete run to ``out_dir``.
+
+    ``tags`` land in config.json (e.g. ``{"ablation": "table3", "variant": "A"}``) so the
+    dashboard can find the runs of an ablation. ``on_stage(stage, fraction)`` is called as the
+    run moves on (the dashboard drives its progress bar with it).
+    """
+    stage = on_stage or (lambda name, fraction: None)
+    stage("reading data", 0.0)
+    overrides = dict(overrides or {})
+    cat = find_category(data_root, category)
+    seed_everything(seed)
+    method = make_method(method_name, budget, seed=seed, **overrides)
+    cfg = method.config
+    fit_samples, val_samples = split_train_val(cat.train, cfg.val_fraction, seed)
+    if cfg.max_train_images:
+        fit_samples = subsample(fit_samples, cfg.max_train_images, seed)
+
+    stage("fitting", 0.05)
+    start = time.perf_counter()
+    train_log = method.fit(ImageSet(fit_samples, cfg.image_size), progress=progress)
+    fit_seconds = time.perf_counter() - start
+
+    normal_samples = val_samples or fit_samples
+    stage("scoring held-out normals", 0.6)
+    normal = score_samples(method, normal_samples, progress, desc="scoring normals")
+    threshold = M.threshold_from_normal(normal.scores, cfg.threshold_quantile)
+    stage("scoring the test split", 0.7)
+    test = score_samples(method, cat.test, progress, desc="scoring test")
+    results = evaluate_scored(cat.test, test, cfg.image_size, threshold, cat.has_masks)
+    stage("collecting features for embeddings", 0.9)
+    features = collect_features(method, fit_samples, cat.test, seed, progress)
+
+    labels = np.array([s.label for s in cat.test])
+    masks, include = (ImageSet(cat.test, cfg.image_size).masks() if cat.has_masks
+                      else (None, np.zeros(len(cat.test), bool)))
+    curve_data = M.curves(test.scores, labels, test.maps if cat.has_masks else None, masks,
+                          include if cat.has_masks else None)
+    metrics = {
+        **results,
+        "method": method_name, "backbone": cfg.backbone, "image_size": cfg.image_size,
+        "budget": budget, "seed": seed, "n_train": len(fit_samples), "n_val": len(val_samples),
+        "n_test": len(cat.test), "fit_seconds": round(fit_seconds, 3),
+        "infer_ms_per_image": round(1000 * test.seconds / max(1, len(cat.test)), 3),
+        "threshold_source": "held-out normal training images" if val_samples
+        else "fit images (in-sample)",
+        "dataset": cat.name,
+    }
+    config = {
+        "method": method_name, "method_config": cfg.to_dict(), "data_root": str(Path(data_root).resolve()),
+        "category": category, "budget": budget, "seed": seed, "overrides": overrides,
+        "tags": tags or {}, "train_log": train_log, "kit_version": kit.__version__,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "fit_images": [s.name for s in fit_samples], "val_images": [s.name for s in val_samples],
+        "data_warnings": cat.warnings[:50],
+    }
+    rows = [{"index": i, "name": s.name, "path": str(s.path), "defect_type": s.defect_type,
+             "label": s.label, "score": float(test.scores[i]), "pixel_included": bool(include[i])}
+            for i, s in enumerate(cat.test)]
+    stage("writing the run", 0.97)
+    path = write_run(out_dir, config=config, metrics=metrics, scores=rows, maps=test.maps,
+                     map_stats={**map_statistics(normal.maps), "threshold": threshold},
+                     curves=curve_data, features=features,
+                     checkpoint={"method": method_name, "config": cfg.to_dict(),
+                                 "state": method.state_dict()},
+                     overwrite=overwrite)
+    stage("done", 1.0)
+    return path
+
+
+def restore_method(run_dir: Path | str) -> AnomalyMethod:
+    """Rebuild a run's method from its checkpoint (``weights_only=True``)."""
+    run = load_run(run_dir)
+    ckpt = run.checkpoint()
+    cls = method_class(ckpt["method"])
+    config = cls.config_cls.from_dict(ckpt["config"])
+    seed_everything(config.seed)  # same seed as at fit time: untrained ("none") backbones match too
+    method = cls(config)
+    method.load_state_dict(ckpt["state"])
+    return method
+
+
+def rescore_run(run_dir: Path | str, data_root: Path | str | None = None,
+                progress: bool = True) -> dict[str, Any]:
+    """Score a run's test split again from its checkpoint; returns fresh metrics."""
+    run = load_run(run_dir)
+    method = restore_method(run_dir)
+    cat = find_category(data_root or run.config["data_root"], run.config["category"])
+    scored = score_samples(method, cat.test, progress, desc="re-scoring test")
+    return evaluate_scored(cat.test, scored, method.config.image_size,
+                           run.metrics.get("threshold"), cat.has_masks)
+
+
+def describe(category: Category) -> str:
+    s = category.summary()
+    counts = ", ".join(f"{k}: {v}" for k, v in s["test_counts"].items())
+    return f"{s['category']}: {s['n_train']} train, {s['n_test']} test ({counts})"
+
+
+def progress_bar(iterable, desc: str, progress: bool, total: int | None = None):
+    """tqdm with the kit's defaults (hidden when ``progress`` is False)."""
+    return tqdm(iterable, desc=desc, disable=not progress, leave=False, total=total)

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny generated datasets (fast unit tests) and the real data locations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kit.paths import SAMPLE_ROOT, SHARED_DATA
+
+torch.set_num_threads(2)
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def make_toy_dataset(root: Path, category: str = "toy", n_train: int = 12, n_good: int = 4,
+                     n_defect: int = 4, size: tuple[int, int] = (40, 48), gray: bool = True,
+                     seed: int = 0) -> Path:
+    """A tiny MVTec-layout dataset of smooth noise; defects are bright squares with masks.
+
+    Sizes vary per image (as in MTD) so the resizing path is exercised.
+    """
+    rng = np.random.default_rng(seed)
+    base = root / category
+
+    def image(h: int, w: int) -> np.ndarray:
+        img = rng.normal(110, 8, (h, w)).clip(0, 255).astype(np.uint8)
+        return img if gray else np.stack([img] * 3, -1)
+
+    for i in range(n_train):
+        write_png(base / "train/good" / f"{i:03d}.png", image(size[0] + i % 3, size[1]))
+    for i in range(n_good):
+        write_png(base / "test/good" / f"{i:03d}.png", image(*size))
+    for i in range(n_defect):
+        img = image(*size)
+        mask = np.zeros(size, np.uint8)
+        y, x = 5 + 3 * i, 8 + 2 * i
+        mask[y:y + 10, x:x + 10] = 255
+        img[mask > 0] = 250
+        write_png(base / "test/crack" / f"{i:03d}.png", img)
+        write_png(base / "ground_truth/crack" / f"{i:03d}_mask.png", mask)
+    return root
+
+
+@pytest.fixture
+def toy_root(tmp_path: Path) -> Path:
+    return make_toy_dataset(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    """The embedded real MTD subset shipped with the kit."""
+    return SAMPLE_ROOT
+
+
+@pytest.fixture(scope="session")
+def mtd_root() -> Path:
+    """Full Magnetic Tile Defects beside the project (skips where it is absent)."""
+    root = Path(os.environ.get("KIT_DATA_ROOT", SHARED_DATA / "mtd"))
+    if not (root / "magnetic_tile").is_dir():
+        pytest.skip(f"real MTD data not found at {root}")
+    return root

@@ -1,0 +1,108 @@
+"""The whole path: CLI -> fit -> threshold on held-out normals -> metrics -> run folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kit.cli import main
+from kit.pipeline import rescore_run, restore_method, run_experiment
+from kit.runstore import RUN_FILES, load_run
+
+FAST = {"weights": "none", "image_size": 64}  # untrained backbone: plumbing tests only
+
+
+def _fit(toy_root, out, seed=0, **extra):
+    return run_experiment("padim", toy_root, "toy", out, seed=seed, progress=False,
+                          overrides={**FAST, **extra})
+
+
+def test_run_folder_is_complete(toy_root, tmp_path):
+    stages = []
+    path = run_experiment("padim", toy_root, "toy", tmp_path / "run", progress=False,
+                          overrides=FAST, on_stage=lambda s, f: stages.append((s, f)))
+    assert all((path / f).is_file() for f in RUN_FILES)
+    run = load_run(path)
+    m = run.metrics
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "fit_seconds", "infer_ms_per_image",
+                "method", "backbone", "image_size", "budget", "seed", "n_train", "n_test"):
+        assert key in m
+    assert m["n_train"] + m["n_val"] == 12 and m["n_test"] == 8
+    assert m["threshold_source"] == "held-out normal training images"
+    assert run.maps.shape == (8, 64, 64)
+    assert run.features["source"]["x"].shape[0] == m["n_train"] + 8
+    assert set(run.config["val_images"]).isdisjoint(run.config["fit_images"])
+    assert [f for _, f in stages] == sorted(f for _, f in stages) and stages[-1] == ("done", 1.0)
+    # the toy defects are bright squares: even an untrained backbone sees them
+    assert m["image_auroc"] > 0.9
+
+
+def test_same_seed_same_metrics(toy_root, tmp_path):
+    a = load_run(_fit(toy_root, tmp_path / "a", seed=1)).metrics
+    b = load_run(_fit(toy_root, tmp_path / "b", seed=1)).metrics
+    drop = {"fit_seconds", "infer_ms_per_image"}
+    assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+def test_checkpoint_restores_the_same_scores(toy_root, tmp_path):
+    path = _fit(toy_root, tmp_path / "r")
+    run = load_run(path)
+    fresh = rescore_run(path, progress=False)
+    assert fresh["image_auroc"] == pytest.approx(run.metrics["image_auroc"], abs=1e-9)
+    assert fresh["aupro"] == pytest.approx(run.metrics["aupro"], abs=1e-6)
+    method = restore_method(path)
+    assert method.config.image_size == 64
+
+
+def test_without_validation_the_threshold_says_in_sample(toy_root, tmp_path):
+    m = load_run(_fit(toy_root, tmp_path / "r", val_fraction=0.0)).metrics
+    assert m["threshold_source"] == "fit images (in-sample)" and m["n_val"] == 0
+
+
+def test_cli_fit_list_eval(toy_root, tmp_path, capsys):
+    out = tmp_path / "runs" / "cli_run"
+    code = main(["fit", "--method", "padim", "--data-root", str(toy_root), "--category", "toy",
+                 "--out", str(out), "--weights", "none", "--image-size", "64", "--quiet",
+                 "--set", "n_features=20"])
+    assert code == 0
+    assert "image_auroc=" in capsys.readouterr().out
+    assert load_run(out).config["method_config"]["n_features"] == 20
+    assert main(["list", str(tmp_path / "runs")]) == 0
+    assert "cli_run" in capsys.readouterr().out
+    assert main(["eval", str(out), "--quiet"]) == 0
+    assert "largest difference: 0.00e+00" in capsys.readouterr().out
+
+
+def test_cli_bad_inputs_give_one_clear_line(toy_root, tmp_path, capsys):
+    bad = toy_root / "toy/train/good/003.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code = main(["fit", "--method", "padim", "--data-root", str(toy_root), "--category", "toy",
+                 "--out", str(tmp_path / "r"), "--weights", "none", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "003.png: unreadable or truncated image" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing half-written
+    assert main(["fit", "--method", "padim", "--data-root", str(toy_root), "--category", "nope"]) == 2
+    assert "unknown category 'nope'" in capsys.readouterr().err
+    assert main(["fit", "--method", "nosuch", "--data-root", str(toy_root), "--category", "toy"]) == 2
+    assert "unknown method 'nosuch'" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+
+
+def test_python_dash_m_kit_entry_point(toy_root, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kit", "info"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "padim" in proc.stdout and "tf_efficientnet_lite0" in proc.stdout
+
+
+@pytest.mark.slow
+def test_padim_on_the_embedded_real_sample(sample_root, tmp_path):
+    """Real weights, real MTD images: PaDiM must clearly separate defects (measured 0.86)."""
+    path = run_experiment("padim", sample_root, "magnetic_tile", tmp_path / "p", progress=False)
+    m = load_run(path).metrics
+    assert m["image_auroc"] > 0.8
+    assert 0.6 < m["pixel_auroc"] <= 1 and 0 < m["aupro"] <= 1
+    assert m["n_test"] == 65 and m["n_train"] == 90
+    assert np.isfinite(m["precision"]) and m["threshold"] > 0
