@@ -28,6 +28,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_aupro.py
 	$(PY) benchmarks/bench_backbones.py
+	$(PY) benchmarks/bench_app.py
 
 app: setup
 	$(VENV)/bin/streamlit run app.py

@@ -21,7 +21,7 @@ import torch
 from kit.data import ImageSet
 
 # Modules that define methods. Registering a new method = adding its module here.
-METHOD_MODULES = ("kit.padim",)
+METHOD_MODULES = ("kit.padim", "kit.differnet")
 BUDGETS = ("quick", "full")
 
 

@@ -126,6 +126,7 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
     """
     stage = on_stage or (lambda name, fraction: None)
     stage("reading data", 0.0)
+    data_root = Path(data_root).resolve()  # runs store absolute image paths
     overrides = dict(overrides or {})
     cat = find_category(data_root, category)
     seed_everything(seed)

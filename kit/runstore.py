@@ -80,13 +80,21 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _compact(maps: np.ndarray) -> np.ndarray:
+    """float16 halves the largest file of a run; keep float32 where values would overflow it."""
+    maps = np.asarray(maps, dtype=np.float32)
+    finite_max = float(np.abs(maps).max()) if maps.size else 0.0
+    return maps.astype(np.float16) if finite_max < 6e4 else maps
+
+
 def write_run(run_dir: Path | str, *, config: dict, metrics: dict, scores: list[dict],
               maps: np.ndarray, map_stats: dict, curves: dict,
               features: dict[str, dict[str, np.ndarray]], checkpoint: dict,
               overwrite: bool = False) -> Path:
     """Write a complete run folder atomically and return its path.
 
-    maps: ``[N, H, W]`` anomaly maps of the test images, in ``scores`` order (stored float16).
+    maps: ``[N, H, W]`` anomaly maps of the test images, in ``scores`` order (stored float16
+    unless their values exceed float16's range).
     features: ``{space: {"x": [n, D], "label": [n], "split": [n] str}}``.
     """
     run_dir = Path(run_dir).resolve()
@@ -110,7 +118,7 @@ def write_run(run_dir: Path | str, *, config: dict, metrics: dict, scores: list[
         for row in scores:
             writer.writerow({k: row[k] for k in SCORE_COLUMNS})
         (tmp / "scores.csv").write_text(buf.getvalue())
-        np.savez_compressed(tmp / "maps.npz", maps=np.asarray(maps, dtype=np.float16),
+        np.savez_compressed(tmp / "maps.npz", maps=_compact(maps),
                             **{f"stat_{k}": np.asarray(v) for k, v in map_stats.items()})
         arrays = {}
         for space, parts in features.items():
@@ -162,7 +170,7 @@ class Run:
 
     @cached_property
     def maps(self) -> np.ndarray:
-        """Anomaly maps ``[N, H, W]`` float16, rows in scores.csv order."""
+        """Anomaly maps ``[N, H, W]`` (float16, or float32 for large values), rows in scores.csv order."""
         with np.load(self.path / "maps.npz") as z:
             return z["maps"]
 

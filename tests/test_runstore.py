@@ -97,3 +97,10 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     state = torch.load(path / "checkpoint.pt", weights_only=True)
     assert state["grid"] == [2, 2]
     json.loads((path / "config.json").read_text())
+
+
+def test_large_map_values_do_not_overflow(tmp_path):
+    parts = _run_parts()
+    parts["maps"] = parts["maps"] * 1e6  # gradient maps or raw NLLs can exceed float16's 65504
+    run = load_run(write_run(tmp_path / "r", **parts))
+    assert np.isfinite(run.maps).all() and run.maps.max() > 1e5

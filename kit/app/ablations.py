@@ -1,0 +1,149 @@
+"""Ablations page: each registered method's ablation tables (``AnomalyMethod.ablations``) as
+charts, our runs next to the paper's values, and the command that makes each missing run.
+
+A run belongs to a variant when its config.json has ``tags == {"ablation": <name>,
+"variant": <label>, ...}`` and its method matches (``run_experiment(..., tags=...)``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from kit import plots
+from kit.app import common
+from kit.method import Ablation, AblationVariant, load_methods
+from kit.paths import DEFAULT_CATEGORY, REPO_ROOT
+from kit.runstore import Run
+
+
+def runs_of(runs: list[Run], method: str, ablation: str, variant: str) -> list[Run]:
+    """Runs of ``method`` tagged with this ablation and variant."""
+    out = []
+    for run in runs:
+        tags = run.config.get("tags") or {}
+        if run.method == method and tags.get("ablation") == ablation and str(tags.get("variant")) == variant:
+            out.append(run)
+    return out
+
+
+def _fit_options() -> set[str]:
+    """Option strings of ``python -m kit fit`` and the names of all subcommands."""
+    import argparse
+
+    from kit.cli import build_parser
+
+    for action in build_parser()._actions:  # argparse keeps subcommands here; no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices["fit"]._option_string_actions) | set(action.choices)
+    return set()
+
+
+def _value(v) -> str:
+    """A setting as the CLI's ``--set`` parses it back (JSON, except plain strings)."""
+    return v if isinstance(v, str) else json.dumps(list(v) if isinstance(v, tuple) else v)
+
+
+def _shown_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _run_name(method: str, ablation: str, variant: str) -> str:
+    """The folder name ``python -m kit ablation`` gives a variant (quick budget, seed 0)."""
+    try:
+        from kit.experiments import run_name
+    except ImportError:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{method}-{ablation}-{variant}-quick-s0").strip("-")
+    return run_name(method, ablation, variant, "quick", 0)
+
+
+def commands(method: str, ablation: Ablation, missing: list[AblationVariant], category: str,
+             runs_root: Path) -> str:
+    """Shell commands that make the missing runs, tagged so this page finds them: one
+    ``python -m kit ablation`` line for all of them, then one ``fit`` line per variant."""
+    options = _fit_options()
+    root = _shown_path(runs_root)
+    lines = []
+    if "ablation" in options:
+        labels = " ".join(shlex.quote(v.label) for v in missing)
+        lines += ["# all missing variants at once (quick budget; add --seeds 0 1 2 for spreads):",
+                  f"python -m kit ablation {method} {ablation.name} --category {shlex.quote(category)} "
+                  f"--runs-root {shlex.quote(root)} --variants {labels}", "", "# or one at a time:"]
+    for v in missing:
+        sets = [f"--set {shlex.quote(f'{k}={_value(x)}')}" for k, x in v.overrides.items()]
+        tags = {"ablation": ablation.name, "variant": v.label}
+        out = shlex.quote(str(Path(root) / _run_name(method, ablation.name, v.label)))
+        if "--tag" in options:
+            lines.append(" ".join([f"python -m kit fit --method {method} --category {shlex.quote(category)}",
+                                   *sets, *[f"--tag {shlex.quote(f'{k}={t}')}" for k, t in tags.items()],
+                                   f"--out {out}"]))
+        else:  # an older CLI without --tag: the Python call does the same
+            code = (f"from kit.pipeline import run_experiment; from kit.paths import default_data_root; "
+                    f"run_experiment({method!r}, default_data_root(), {category!r}, {out!r}, "
+                    f"overrides={v.overrides!r}, tags={tags!r})")
+            lines.append(f"python -c {shlex.quote(code)}")
+    return "\n".join(lines)
+
+
+def show_ablation(method: str, title: str, ablation: Ablation, runs: list[Run]) -> None:
+    st.subheader(f"{title}: {ablation.title}")
+    st.caption(f"metric: `{ablation.metric}` · paper values: {ablation.paper_dataset}"
+               + (f" · {ablation.note}" if ablation.note else ""))
+    tagged = {v.label: runs_of(runs, method, ablation.name, v.label) for v in ablation.variants}
+    categories = sorted({r.config.get("category", "?") for rs in tagged.values() for r in rs})
+    category = None
+    if len(categories) > 1:
+        category = st.selectbox("Our runs on", categories, key=f"abl_cat_{method}_{ablation.name}")
+        tagged = {k: [r for r in rs if r.config.get("category") == category] for k, rs in tagged.items()}
+    ours = {k: [float(r.metrics[ablation.metric]) for r in rs if r.metrics.get(ablation.metric) is not None]
+            for k, rs in tagged.items()}
+    paper = {v.label: v.paper_value for v in ablation.variants}
+    labels = [v.label for v in ablation.variants]
+    st.plotly_chart(plots.ablation_figure(labels, ours, paper, ablation.metric,
+                                          title=f"{ablation.title} ({ablation.metric})"),
+                    key=f"abl_fig_{method}_{ablation.name}")
+    table = pd.DataFrame([{
+        "variant": v.label,
+        "settings": ", ".join(f"{k}={_value(x)}" for k, x in v.overrides.items()) or "(defaults)",
+        "paper": v.paper_value,
+        "ours (mean)": float(np.mean(ours[v.label])) if ours[v.label] else None,
+        "spread": float(np.ptp(ours[v.label])) if len(ours[v.label]) > 1 else None,
+        "runs": ", ".join(r.name for r in tagged[v.label]) or "missing",
+    } for v in ablation.variants])
+    st.dataframe(table, hide_index=True, key=f"abl_table_{method}_{ablation.name}",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in ("paper", "ours (mean)", "spread")})
+    missing = [v for v in ablation.variants if not tagged[v.label]]
+    if missing:
+        cat = category or st.session_state.get("pick_category") or DEFAULT_CATEGORY
+        st.markdown(f"**Missing runs ({len(missing)} of {len(ablation.variants)})**, make them with:")
+        st.code(commands(method, ablation, missing, cat, common.runs_root()), language="bash")
+    else:
+        st.success("Every variant has at least one run.")
+
+
+def render() -> None:
+    st.title("Ablations: the papers' tables next to our runs")
+    runs, _ = common.all_runs()
+    found = False
+    for name, cls in sorted(load_methods().items()):
+        for ablation in getattr(cls, "ablations", ()) or ():
+            found = True
+            show_ablation(name, cls.title or name, ablation, runs)
+    if not found:
+        st.info("No registered method declares an ablation yet (PaDiM has none). Methods list "
+                "theirs in `ablations` (kit/method.py: Ablation, AblationVariant); they appear "
+                "here with no change to the app.")
+
+
+if __name__ == "__main__":  # run as a page by st.navigation (not on import)
+    render()

@@ -1,0 +1,164 @@
+"""Compare page: one test image, its ground truth, and every chosen run's map and overlay.
+
+Each run keeps its own fixed colour scale (from held-out normal maps, see kit.plots.MapScale),
+so a bright map means "far above what this run sees on normal images", and a normal image
+stays dark. The image list can be filtered by defect type, sorted by a run's score and
+narrowed to the mistakes (false positives / negatives at each run's image threshold).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from kit import plots
+from kit.app import common
+from kit.runstore import Run
+
+SORTS = ("file name", "score: highest first", "score: lowest first")
+
+
+def image_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per test image present in every run: name, defect type, label, and per run
+    ``score · <run>`` and ``verdict · <run>`` (TP/FP/FN/TN at the run's threshold)."""
+    first = {r["name"]: r for r in runs[0].scores}
+    by_run = [{row["name"]: row for row in run.scores} for run in runs]
+    shared = [n for n in first if all(n in rows for rows in by_run)]
+    table = pd.DataFrame({"image": shared,
+                          "defect type": [first[n]["defect_type"] for n in shared],
+                          "label": [int(first[n]["label"]) for n in shared]})
+    for run, rows in zip(runs, by_run):
+        threshold = run.metrics.get("threshold")
+        scores = [rows[n]["score"] for n in shared]
+        table[f"score · {run.name}"] = scores
+        table[f"verdict · {run.name}"] = [common.verdict(l, s, threshold)
+                                          for l, s in zip(table["label"], scores)]
+    return table
+
+
+def _mistakes(row: pd.Series, runs: list[Run]) -> list[str]:
+    return [f"{row[f'verdict · {r.name}']} {r.name}" for r in runs
+            if row[f"verdict · {r.name}"] in ("FP", "FN")]
+
+
+def filtered_table(table: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
+    """The filter / sort widgets applied to :func:`image_table`."""
+    cols = st.columns([2, 2, 2, 1])
+    types = sorted(table["defect type"].unique(), key=lambda t: (t != "good", t))
+    common.keep_valid_many("cmp_types", types, default=types)
+    chosen_types = cols[0].multiselect("Defect types", types, key="cmp_types")
+    sort = cols[1].selectbox("Order", SORTS, key="cmp_sort")
+    common.keep_valid("cmp_sort_run", [r.name for r in runs])
+    sort_run = cols[2].selectbox("Score of run", [r.name for r in runs], key="cmp_sort_run",
+                                 disabled=sort == SORTS[0])
+    only_mistakes = cols[3].checkbox("Only mistakes", key="cmp_mistakes",
+                                     help="false positives or false negatives of any chosen run")
+    out = table[table["defect type"].isin(chosen_types)]
+    if only_mistakes:
+        wrong = out[[f"verdict · {r.name}" for r in runs]].isin(["FP", "FN"]).any(axis=1)
+        out = out[wrong]
+    if sort != SORTS[0]:
+        out = out.sort_values(f"score · {sort_run}", ascending=sort == SORTS[2], kind="stable")
+    return out
+
+
+def show_image(runs: list[Run], row: pd.Series, max_per_row: int = 4) -> None:
+    """Side by side: the image, its ground truth, then per run its map above its overlay."""
+    first = runs[0]
+    rows = [{r["name"]: r for r in run.scores}[row["image"]] for run in runs]
+    path = common.image_path(first, rows[0])
+    mask_path, mask_problem = common.mask_for(first, rows[0])
+    verdicts = [f"`{run.name}` {row[f'score · {run.name}']:.4g} → **{row[f'verdict · {run.name}']}**"
+                + (" ⚠️" if row[f"verdict · {run.name}"] in ("FP", "FN") else "") for run in runs]
+    st.markdown(f"**{row['image']}** · defect type **{row['defect type']}** · "
+                f"{'defective' if row['label'] else 'normal'} · scores: " + " · ".join(verdicts))
+    if mask_problem:
+        st.warning(mask_problem)
+    if path is None:
+        st.warning(f"Test image not found: {rows[0]['path']} (nor under the run's data root "
+                   f"{first.config.get('data_root')}). The data moved? Maps are shown alone.")
+    per_row = min(len(runs), max_per_row)
+    for start in range(0, len(runs), per_row):
+        part = list(zip(runs, rows))[start:start + per_row]
+        top, bottom = st.columns(2 + per_row), st.columns(2 + per_row)
+        if start == 0 and path is not None:
+            size = int(first.maps.shape[-1])
+            image = common.load_image(str(path), size)
+            mask = common.load_mask(str(path), mask_path, size)
+            # plain images (no plotly): the page draws faster and these need no colour scale
+            top[0].markdown("**test image**")
+            top[0].image(image, width="stretch")
+            gt_title = "ground truth" if row["label"] else "ground truth: defect-free"
+            if row["label"] and mask_path is None and not mask_problem:
+                gt_title = "ground truth: no mask file"
+            top[1].markdown(f"**{gt_title}**")
+            top[1].image(plots.tint_mask(image, mask), width="stretch")
+        if start == 0:
+            bottom[0].caption("Each run keeps one colour scale for every image, set by its "
+                              "held-out normal images (never by the image on screen). Cyan: "
+                              "pixel threshold; dotted green: ground truth. TP/TN right, FP a "
+                              "normal image flagged, FN a defect missed, at each run's image "
+                              "threshold (99% of held-out normal scores).")
+        for k, (run, srow) in enumerate(part):
+            _run_panel(top[2 + k], bottom[2 + k], run, srow, row)
+
+
+def _run_panel(top, bottom, run: Run, srow: dict, row: pd.Series) -> None:
+    """One run: its map (fixed scale, threshold contour) above its overlay."""
+    scale = common.map_scale(run)
+    amap = run.maps[int(srow["index"])].astype("float32")
+    v = row[f"verdict · {run.name}"]
+    top.markdown(f"**{run.name}**")
+    if amap.max() == amap.min():  # e.g. an ablation variant that scores images only
+        top.info(f"score {srow['score']:.4g} → {v}. No anomaly map: this run's map is constant "
+                 f"({amap.flat[0]:.3g}), so it does not localise defects.")
+        return
+    top.plotly_chart(plots.anomaly_map_figure(amap, scale, title=f"score {srow['score']:.4g} → {v}"),
+                     key=f"cmp_map_{run.name}", config=common.PICTURE)
+    path = common.image_path(run, srow)
+    if path is not None:
+        size = amap.shape[-1]
+        image = common.load_image(str(path), size)
+        mask_path, _ = common.mask_for(run, srow)
+        mask = common.load_mask(str(path), mask_path, size) if mask_path else None
+        bottom.plotly_chart(plots.overlay_figure(image, amap, scale, mask, title=f"{run.method} overlay"),
+                            key=f"cmp_overlay_{run.name}", config=common.PICTURE)
+    bottom.caption(f"`{run.name}`: " + scale.describe())
+
+
+def render() -> None:
+    st.title("Compare runs on one test image")
+    runs = common.require_runs()
+    chosen = common.pick_runs(runs)
+    if not chosen:
+        st.info("Pick at least one run above.")
+        return
+    table = image_table(chosen)
+    if table.empty:
+        st.warning("The chosen runs share no test image (different datasets?).")
+        return
+    shown = filtered_table(table, chosen)
+    if shown.empty:
+        st.info("No test image matches these filters.")
+        return
+    image_viewer(chosen, shown, len(table))
+
+
+@st.fragment
+def image_viewer(runs: list[Run], shown: pd.DataFrame, total: int) -> None:
+    """The image picker and what it shows. A fragment: picking another image reruns only
+    this part of the page, which keeps switching images quick."""
+    labels = {}
+    for _, r in shown.iterrows():
+        wrong = _mistakes(r, runs)
+        labels[r["image"]] = r["image"] + ("  ⚠️ " + ", ".join(wrong) if wrong else "")
+    common.keep_valid("cmp_image", list(labels))
+    name = st.selectbox(f"Test image ({len(shown)} of {total})", list(labels),
+                        format_func=labels.get, key="cmp_image")
+    show_image(runs, shown[shown["image"] == name].iloc[0])
+    with st.expander("Image list (scores and verdicts of every chosen run)"):
+        st.dataframe(shown, hide_index=True, key="cmp_table")
+
+
+if __name__ == "__main__":  # run as a page by st.navigation (not on import)
+    render()

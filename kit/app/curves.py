@@ -1,0 +1,80 @@
+"""Curves page: ROC, PR and PRO curves, score histograms and the metrics table of chosen runs,
+with the papers' numbers where the method declares them (``paper_results``)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from kit import plots
+from kit.app import common
+from kit.runstore import Run
+
+METRIC_COLUMNS = {  # metrics.json key -> column title
+    "image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pixel_aupr": "pixel AUPR",
+    "aupro": "AUPRO (FPR ≤ 0.3)", "f1_max": "F1-max", "f1": "F1 at threshold",
+    "precision": "precision", "recall": "recall",
+}
+COST_COLUMNS = {"threshold": "threshold", "fit_seconds": "fit s",
+                "infer_ms_per_image": "ms / image", "n_train": "train images", "n_test": "test images"}
+
+
+def metrics_table(runs: list[Run]) -> pd.DataFrame:
+    """Our runs, then one row per (method, paper dataset) from the methods' ``paper_results``."""
+    from kit.method import load_methods
+
+    rows = []
+    for run in runs:
+        m = run.metrics
+        rows.append({"source": "ours", "run": run.name, "method": run.method,
+                     "backbone": m.get("backbone"), "size": m.get("image_size"),
+                     "budget": m.get("budget"),
+                     **{title: m.get(key) for key, title in {**METRIC_COLUMNS, **COST_COLUMNS}.items()}})
+    methods = load_methods()
+    for name in sorted({r.method for r in runs}):
+        cls = methods.get(name)
+        for dataset, values in (getattr(cls, "paper_results", {}) or {}).items():
+            rows.append({"source": f"paper ({dataset})", "run": "", "method": name,
+                         **{title: values.get(key) for key, title in METRIC_COLUMNS.items()}})
+    return pd.DataFrame(rows)
+
+
+def render() -> None:
+    st.title("Curves and metrics")
+    runs = common.require_runs()
+    chosen = common.pick_runs(runs)
+    if not chosen:
+        st.info("Pick at least one run above.")
+        return
+
+    st.subheader("Metrics")
+    table = metrics_table(chosen)
+    st.dataframe(table, hide_index=True, key="curves_table",
+                 column_config={t: st.column_config.NumberColumn(format="%.3f")
+                                for t in METRIC_COLUMNS.values()})
+    if not (table["source"] != "ours").any():
+        st.caption("No paper numbers: the chosen methods declare no `paper_results`.")
+    st.caption("Paper rows use the paper's backbone, resolution and protocol: a guide, not a "
+               "target. AUPRO is integrated to FPR 0.3 and divided by 0.3 (MVTec AD definition); "
+               "thresholded numbers use the 99% quantile of held-out normal image scores.")
+
+    curves = {r.name: r.curves for r in chosen}
+    cols = st.columns(2)
+    for i, kind in enumerate(("image_roc", "image_pr", "pixel_roc", "pro")):
+        cols[i % 2].plotly_chart(plots.curve_figure(curves, kind), key=f"curve_{kind}")
+
+    st.subheader("Image scores: normal vs defective test images")
+    per_row = min(len(chosen), 3)
+    for start in range(0, len(chosen), per_row):
+        hist_cols = st.columns(per_row)
+        for col, run in zip(hist_cols, chosen[start:start + per_row]):
+            scores = [row["score"] for row in run.scores]
+            labels = [row["label"] for row in run.scores]
+            col.plotly_chart(plots.score_histogram(scores, labels, run.metrics.get("threshold"),
+                                                   title=run.name), key=f"hist_{run.name}")
+    st.caption("Dashed line: the run's image threshold (99% quantile of held-out normal scores). "
+               "Scores of different methods live on different scales; compare shapes and overlap.")
+
+
+if __name__ == "__main__":  # run as a page by st.navigation (not on import)
+    render()

@@ -1,0 +1,358 @@
+"""Plotly figures shared by the dashboard and the notebooks.
+
+Anomaly maps use one colour scale per run (:class:`MapScale`), fixed from statistics of
+anomaly maps on held-out *normal* images, never from the image on screen: per-image min-max
+stretches the noise of a normal image over the whole scale and makes it look defective.
+
+Images are ``[H, W, 3]`` uint8 RGB, maps ``[H, W]`` float (larger = more anomalous), masks
+``[H, W]`` bool. Curves come from ``curves.json`` (:func:`kit.metrics.curves`).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+MAP_COLORS = "Inferno"
+THRESHOLD_COLOR = "#00e5ff"  # cyan: visible on inferno and on grey tiles
+MASK_COLOR = "#39ff14"  # green outline of the ground truth
+NORMAL_COLOR, DEFECT_COLOR = "#1f77b4", "#d62728"
+RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+              "#bcbd22")  # one distinct colour per run in curve plots
+
+
+def _lut(name: str = MAP_COLORS) -> np.ndarray:
+    """A plotly colour scale as a ``[256, 3]`` uint8 lookup table."""
+    from plotly.colors import sample_colorscale, unlabel_rgb
+
+    colors = sample_colorscale(name, list(np.linspace(0.0, 1.0, 256)))
+    return np.array([unlabel_rgb(c) for c in colors]).round().clip(0, 255).astype(np.uint8)
+
+
+_LUT = _lut()
+
+
+@dataclass(frozen=True)
+class MapScale:
+    """The display scale of one run's anomaly maps, from normal-image statistics only.
+
+    ``vmin`` = median pixel of normal maps (p50), ``pixel_threshold`` = p99.9 of normal maps
+    (about one normal pixel in a thousand lies above it), ``vmax`` = p99.9 + (p99.9 - p50),
+    so the pixel threshold sits in the middle of the scale and defects have room above it.
+    ``image_threshold`` is the run's decision threshold on image scores (metrics.json).
+    """
+
+    vmin: float
+    vmax: float
+    pixel_threshold: float
+    image_threshold: float | None = None
+
+    @classmethod
+    def from_stats(cls, stats: Mapping[str, float], image_threshold: float | None = None) -> "MapScale":
+        p50, p999 = float(stats["p50"]), float(stats["p999"])
+        span = p999 - p50
+        if not span > 0:  # constant normal maps (e.g. an untrained toy): keep a usable scale
+            span = max(abs(p50) * 0.1, 1e-6)
+        return cls(vmin=p50, vmax=p999 + span, pixel_threshold=p999,
+                   image_threshold=None if image_threshold is None else float(image_threshold))
+
+    def normalise(self, amap: np.ndarray) -> np.ndarray:
+        """``[H, W]`` map -> ``[H, W]`` float32 in [0, 1] on this scale (clipped)."""
+        z = (np.asarray(amap, dtype=np.float32) - self.vmin) / (self.vmax - self.vmin)
+        return np.clip(z, 0.0, 1.0)
+
+    def describe(self) -> str:
+        """One line for captions: what the colours mean."""
+        text = (f"colour scale {self.vmin:.4g} (median normal pixel) to {self.vmax:.4g}; "
+                f"cyan contour = pixel threshold {self.pixel_threshold:.4g} "
+                "(99.9th percentile of held-out normal maps)")
+        if self.image_threshold is not None:
+            text += f"; image threshold {self.image_threshold:.4g}"
+        return text
+
+
+def colorize(amap: np.ndarray, scale: MapScale) -> np.ndarray:
+    """Map ``[H, W]`` -> RGB ``[H, W, 3]`` uint8 with the inferno colours on the run's scale."""
+    return _LUT[(scale.normalise(amap) * 255).round().astype(np.uint8)]
+
+
+def blend(image: np.ndarray, amap: np.ndarray, scale: MapScale) -> np.ndarray:
+    """Image ``[H, W, 3]`` uint8 under its coloured map: ``[H, W, 3]`` uint8.
+
+    The map is transparent in the lower 30% of the scale and grows to 80% opacity at the top,
+    so the photo stays visible where the map looks normal.
+    """
+    z = scale.normalise(amap)
+    alpha = (0.8 * np.clip((z - 0.3) / 0.7, 0.0, 1.0))[..., None]
+    out = image.astype(np.float32) * (1 - alpha) + _LUT[(z * 255).round().astype(np.uint8)] * alpha
+    return out.round().astype(np.uint8)
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    """``[H, W, 3]`` uint8 -> ``data:image/png;base64,...`` (much lighter than a JSON array)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _picture(traces: list, title: str, height: int, shape: tuple[int, ...],
+             margin: dict | None = None) -> go.Figure:
+    """A figure of image-like ``traces``: square pixels, no axes, y pointing down, the axes
+    spanning exactly the ``shape = (H, W, ...)`` pixels (line traces would pad the range).
+
+    Built in one constructor call from plain dicts: plotly validates the whole figure once
+    instead of once per ``add_trace`` / ``update_*`` call (3 ms instead of 20-40 ms, which is
+    most of the time of switching images in the dashboard).
+    """
+    h, w = shape[:2]
+    layout = dict(title=dict(text=title, font=dict(size=13)), height=height, showlegend=False,
+                  margin={**dict(l=0, r=0, t=30, b=0), **(margin or {})},
+                  xaxis=dict(visible=False, range=[-0.5, w - 0.5], constrain="domain"),
+                  yaxis=dict(visible=False, range=[h - 0.5, -0.5], scaleanchor="x",
+                             constrain="domain"))
+    return go.Figure(data=[t for t in traces if t is not None], layout=layout)
+
+
+def contour_trace(z: np.ndarray, level: float, color: str, name: str,
+                  dash: str = "solid") -> dict | None:
+    """The iso-lines of ``z [H, W]`` at ``level`` as one line trace (a plotly trace dict;
+    None when there are none).
+
+    Traced here (marching squares) rather than by plotly, so the browser gets a few hundred
+    points instead of the whole map.
+    """
+    from skimage.measure import find_contours
+
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for line in find_contours(np.asarray(z, dtype=np.float32), level):
+        xs.extend(line[:, 1].round(1).tolist() + [None])  # None breaks the line between pieces
+        ys.extend(line[:, 0].round(1).tolist() + [None])
+    if not xs:
+        return None
+    return dict(type="scatter", x=xs, y=ys, mode="lines", name=name, hoverinfo="name",
+                line=dict(color=color, width=1.5, dash=dash))
+
+
+def _image_trace(image: np.ndarray) -> dict:
+    return dict(type="image", source=png_data_uri(image), x0=0, dx=1, y0=0, dy=1, hoverinfo="skip")
+
+
+def tint_mask(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Image ``[H, W, 3]`` uint8 with the defect ``mask [H, W]`` tinted red and its border
+    drawn green, as a new ``[H, W, 3]`` uint8 array (an <img>, no plotting needed)."""
+    if mask is None or not mask.any():
+        return image
+    from scipy.ndimage import binary_erosion
+
+    out = image.astype(np.float32)
+    out[mask] = 0.6 * out[mask] + 0.4 * np.array([255.0, 0.0, 0.0])
+    border = mask & ~binary_erosion(mask)
+    out[border] = (57, 255, 20)  # MASK_COLOR
+    return out.round().astype(np.uint8)
+
+
+def image_figure(image: np.ndarray, mask: np.ndarray | None = None, title: str = "",
+                 height: int = 260) -> go.Figure:
+    """The test image ``[H, W, 3]``; with ``mask [H, W]`` its defect tinted red and outlined green."""
+    return _picture([_image_trace(tint_mask(image, mask))], title, height, image.shape)
+
+
+def _colorbar_trace(scale: MapScale) -> dict:
+    """An invisible point that only carries the colour bar (images have none of their own)."""
+    # horizontal, under the map: a vertical bar would take a third of a narrow column
+    bar = dict(orientation="h", thickness=8, len=1.0, y=-0.02, yanchor="top",
+               tickvals=[scale.vmin, scale.pixel_threshold, scale.vmax],
+               ticktext=[f"p50 {scale.vmin:.3g}", f"thr {scale.pixel_threshold:.3g}",
+                         f"{scale.vmax:.3g}"], tickfont=dict(size=10),
+               ticklabeloverflow="allow")  # the end labels overhang the bar: draw them anyway
+    return dict(type="scatter", x=[None], y=[None], mode="markers", hoverinfo="skip",
+                showlegend=False, marker=dict(colorscale=MAP_COLORS, cmin=scale.vmin,
+                                              cmax=scale.vmax, color=[scale.vmin],
+                                              showscale=True, colorbar=bar))
+
+
+def anomaly_map_figure(amap: np.ndarray, scale: MapScale, title: str = "",
+                       height: int = 260) -> go.Figure:
+    """Anomaly map ``[H, W]`` on the run's fixed scale, with the pixel threshold contour."""
+    traces = [_image_trace(colorize(amap, scale)),
+              contour_trace(amap, scale.pixel_threshold, THRESHOLD_COLOR, "pixel threshold"),
+              _colorbar_trace(scale)]
+    # margins: room for the colour bar's labels
+    return _picture(traces, title, height, np.shape(amap), margin=dict(b=34, l=14, r=14))
+
+
+def overlay_figure(image: np.ndarray, amap: np.ndarray, scale: MapScale, mask: np.ndarray | None = None,
+                   title: str = "", height: int = 260) -> go.Figure:
+    """Image ``[H, W, 3]`` under its map ``[H, W]`` (see :func:`blend`), the pixel threshold
+    contour (cyan) and, given ``mask [H, W]``, the ground truth outline (dotted green)."""
+    traces = [_image_trace(blend(image, amap, scale)),
+              contour_trace(amap, scale.pixel_threshold, THRESHOLD_COLOR, "pixel threshold")]
+    if mask is not None and mask.any():
+        traces.append(contour_trace(mask.astype(np.float32), 0.5, MASK_COLOR, "ground truth",
+                                    dash="dot"))
+    return _picture(traces, title, height, image.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# curves and histograms
+# ---------------------------------------------------------------------------------------------
+
+CURVES = {  # curves.json key -> (x field, y field, title, x label, y label)
+    "image_roc": ("fpr", "tpr", "Image ROC", "false positive rate", "true positive rate"),
+    "image_pr": ("recall", "precision", "Image precision-recall", "recall", "precision"),
+    "pixel_roc": ("fpr", "tpr", "Pixel ROC", "false positive rate", "true positive rate"),
+    "pro": ("fpr", "pro", "Per-region overlap (to FPR 0.3)", "false positive rate", "PRO"),
+}
+
+
+def curve_figure(curves_by_run: Mapping[str, Mapping], kind: str, height: int = 340) -> go.Figure:
+    """One curve of ``kind`` (a key of :data:`CURVES`) per run: ``{label: curves.json}``."""
+    xk, yk, title, xlabel, ylabel = CURVES[kind]
+    fig = go.Figure()
+    for i, (label, curves) in enumerate(curves_by_run.items()):
+        c = curves.get(kind)
+        if c:
+            fig.add_trace(go.Scatter(x=c[xk], y=c[yk], mode="lines", name=label, showlegend=True,
+                                     line=dict(color=RUN_COLORS[i % len(RUN_COLORS)], width=2)))
+    if kind in ("image_roc", "pixel_roc"):
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance",
+                                 line=dict(color="grey", dash="dot", width=1), showlegend=False))
+    if not fig.data:
+        fig.add_annotation(text="no data (no masks or one class only)", showarrow=False,
+                           x=0.5, y=0.5, xref="paper", yref="paper")
+    x_max = 0.3 if kind == "pro" else 1.0
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height,
+                      margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, font=dict(size=10)))
+    fig.update_xaxes(title=xlabel, range=[0, x_max])
+    fig.update_yaxes(title=ylabel, range=[0, 1.02])
+    return fig
+
+
+def score_histogram(scores: Sequence[float], labels: Sequence[int], threshold: float | None = None,
+                    title: str = "", height: int = 300) -> go.Figure:
+    """Image scores ``[N]`` of normal (label 0) and defective (label 1) test images, overlaid,
+    with the run's image threshold as a vertical line."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
+    edges = np.histogram_bin_edges(s, bins=min(40, max(10, len(s) // 3)))
+    fig = go.Figure()
+    for name, part, color in (("normal", s[~y], NORMAL_COLOR), ("defect", s[y], DEFECT_COLOR)):
+        fig.add_trace(go.Histogram(x=part, name=f"{name} ({len(part)})", marker_color=color,
+                                   opacity=0.6, xbins=dict(start=edges[0], end=edges[-1],
+                                                           size=edges[1] - edges[0])))
+    if threshold is not None:
+        fig.add_vline(x=threshold, line=dict(color="black", dash="dash"),
+                      annotation_text=f"threshold {threshold:.4g}", annotation_position="top")
+    fig.update_layout(barmode="overlay", title=dict(text=title, font=dict(size=13)), height=height,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(title="image score")
+    fig.update_yaxes(title="images")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# embeddings and ablations
+# ---------------------------------------------------------------------------------------------
+
+def embedding_scatter(xy: np.ndarray, labels: Sequence[int], defect_types: Sequence[str] | None = None,
+                      splits: Sequence[str] | None = None, color_by: str = "label",
+                      title: str = "", height: int = 380) -> go.Figure:
+    """Scatter of projected points ``[n, 2]``.
+
+    ``color_by="label"``: normal (blue) vs defective (red); ``"defect_type"``: one colour per
+    type. Training images (``splits == "train"``) are drawn as hollow circles.
+    """
+    xy = np.asarray(xy)
+    labels = np.asarray(labels).astype(int)
+    types = np.asarray(defect_types if defect_types is not None else np.where(labels, "defect", "good"))
+    splits = np.asarray(splits if splits is not None else ["test"] * len(xy))
+    if color_by == "label":
+        groups = [("normal", labels == 0, NORMAL_COLOR), ("defective", labels == 1, DEFECT_COLOR)]
+    else:
+        palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+                   "#7f7f7f", "#bcbd22", "#17becf"]
+        names = sorted(set(types.tolist()), key=lambda t: (t != "good", t))
+        groups = [(t, types == t, palette[i % len(palette)]) for i, t in enumerate(names)]
+    fig = go.Figure()
+    for name, sel, color in groups:
+        for split, symbol in (("train", "circle-open"), ("test", "circle")):
+            pick = sel & (splits == split)
+            if not pick.any():
+                continue
+            fig.add_trace(go.Scattergl(
+                x=xy[pick, 0], y=xy[pick, 1], mode="markers", name=f"{name} ({split})",
+                marker=dict(color=color, symbol=symbol, size=7, opacity=0.8),
+                text=types[pick], hovertemplate="%{text}<extra></extra>"))
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), height=height,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(font=dict(size=10)))
+    fig.update_xaxes(showticklabels=False, title=None)
+    fig.update_yaxes(showticklabels=False, title=None)
+    return fig
+
+
+def ablation_figure(variants: Sequence[str], ours: Mapping[str, Sequence[float]],
+                    paper: Mapping[str, float | None], metric: str, title: str = "",
+                    height: int = 360) -> go.Figure:
+    """Grouped bars per variant: the paper's value and the mean of our runs (dots = single runs).
+
+    ``ours``: ``{variant: [metric of each run]}`` (may be empty); ``paper``: ``{variant: value}``.
+    """
+    variants = list(variants)
+    paper_y = [paper.get(v) for v in variants]
+    our_mean = [float(np.mean(ours[v])) if ours.get(v) else None for v in variants]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=variants, y=paper_y, name="paper", marker_color="#9e9e9e", offsetgroup="paper",
+                         text=[f"{v:.3f}" if v is not None else "" for v in paper_y],
+                         textposition="outside"))
+    fig.add_trace(go.Bar(x=variants, y=our_mean, name="ours (mean)", marker_color="#1f77b4", offsetgroup="ours",
+                         text=[f"{v:.3f}" if v is not None else "missing" for v in our_mean],
+                         textposition="outside"))
+    xs = [v for v in variants for _ in ours.get(v, [])]
+    ys = [float(x) for v in variants for x in ours.get(v, [])]
+    if xs:
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="our runs",
+                                 marker=dict(color="black", size=6), offsetgroup="ours"))
+    values = [v for v in paper_y + our_mean if v is not None]
+    low = min(values) if values else 0.0
+    fig.update_layout(barmode="group", scattermode="group", title=dict(text=title, font=dict(size=14)), height=height,
+                      margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_yaxes(title=metric, range=[max(0.0, low - 0.1), 1.05])
+    return fig
+
+
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None,
+               masks: Sequence[np.ndarray | None] | None = None, ncols: int | None = None,
+               cmap: str = "gray", vmin: float | None = None, vmax: float | None = None,
+               size: float = 2.6):
+    """A static matplotlib grid for notebooks: images ``[H, W]`` or ``[H, W, 3]``, masks outlined.
+
+    Grayscale arrays use ``cmap`` with the same ``vmin``/``vmax`` for every panel (pass them
+    for anomaly maps, so panels share one scale). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    ncols = ncols or min(n, 5)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, image in enumerate(images):
+        ax = axes.ravel()[i]
+        image = np.asarray(image)
+        if image.ndim == 3 and image.dtype != np.uint8:
+            image = np.clip(image, 0, 1)
+        ax.imshow(image, cmap=None if image.ndim == 3 else cmap, vmin=vmin, vmax=vmax)
+        if masks is not None and masks[i] is not None and np.asarray(masks[i]).any():
+            ax.contour(np.asarray(masks[i]).astype(float), levels=[0.5], colors="lime", linewidths=1)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    fig.tight_layout()
+    return fig

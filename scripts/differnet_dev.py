@@ -1,0 +1,242 @@
+"""DifferNet development protocol: choose settings on TRAINING data only, never on the test split.
+
+    python scripts/differnet_dev.py extract --size 224      # features of the dev split (cached)
+    python scripts/differnet_dev.py sweep --size 224        # flows on feature subsets -> dev table
+
+Protocol
+- ``train/good`` of MTD is split 80 / 20 with a fixed seed (``DEV_SEED``); the flow sees the 80 %.
+- The held-out 20 % are the dev normals. Each gets one synthetic defective copy, made inline
+  here (no test image is touched): a pasted DTD texture patch, a dark blob (blowhole-like) or a
+  thin dark random-walk line (crack-like), one kind per image in turn.
+- Dev metrics: AUROC dev-normal vs dev-synthetic (scores = eq. 5 over 1 / 4 / 8 fixed test
+  transforms) and the held-out NLL per dimension of the dev normals (lower = better density
+  fit, comparable only between flows on the same features).
+
+Features are extracted once per image size with every stage (1-4), every statistic (mean,
+max, std) and three scales (S, S/2, S/4), then column subsets select the settings, so one
+extraction serves the whole sweep. Results are appended to ``--out`` (JSON lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from kit.data import ImageSet, find_category, split_train_val
+from kit.differnet import DifferNet, DifferNetConfig, fixed_test_transforms, train_transform_pool
+from kit.flows import Flow, nll, subnet_fc
+from kit.paths import SHARED_DATA, dtd_root
+
+DEV_SEED = 100
+LAYERS = (1, 2, 3, 4)
+STATS = ("mean", "max", "std")
+K_TRAIN = 4
+N_DEV_T = 8
+
+
+# ------------------------------------------------------------------------------------------------
+# synthetic defects (dev only)
+
+def _dtd_files() -> list[Path]:
+    root = dtd_root()
+    return sorted(p for p in root.rglob("*.jpg")) if root else []
+
+
+def synthetic_defect(image: torch.Tensor, kind: int, rng: np.random.Generator, dtd: list[Path]) -> torch.Tensor:
+    """One defective copy of ``image [3, S, S]`` (grayscale replicated), values in [0, 1]."""
+    s = image.shape[-1]
+    g = image[0].numpy().copy()
+    yy, xx = np.mgrid[0:s, 0:s]
+    if kind == 0 and dtd:  # pasted texture patch with a soft elliptical edge
+        h, w = rng.integers(s // 10, s // 4, size=2)
+        tex = Image.open(dtd[rng.integers(len(dtd))]).convert("L")
+        left, top = rng.integers(0, max(1, tex.width - 2 * w)), rng.integers(0, max(1, tex.height - 2 * h))
+        tex = np.asarray(tex.crop((left, top, left + 2 * w, top + 2 * h)).resize((w, h)), np.float32) / 255
+        y0, x0 = rng.integers(0, s - h), rng.integers(0, s - w)
+        ey, ex = np.mgrid[0:h, 0:w]
+        soft = np.clip(1.5 - np.sqrt(((ey - h / 2) / (h / 2)) ** 2 + ((ex - w / 2) / (w / 2)) ** 2) * 1.5, 0, 1)
+        alpha = rng.uniform(0.5, 1.0) * soft
+        patch = g[y0:y0 + h, x0:x0 + w]
+        g[y0:y0 + h, x0:x0 + w] = (1 - alpha) * patch + alpha * tex
+    elif kind == 1:  # dark blob
+        r = rng.uniform(s / 40, s / 14)
+        cy, cx = rng.uniform(r, s - r, size=2)
+        d = np.sqrt(((yy - cy) / r) ** 2 + ((xx - cx) / (r * rng.uniform(0.6, 1.4))) ** 2)
+        g = g * (1 - rng.uniform(0.4, 0.7) * np.clip(1.5 - d, 0, 1))
+    else:  # thin dark random-walk line
+        y, x = rng.uniform(0.2 * s, 0.8 * s, size=2)
+        angle = rng.uniform(0, 2 * math.pi)
+        mask = np.zeros((s, s), np.float32)
+        for _ in range(int(rng.uniform(0.15, 0.4) * s)):
+            angle += rng.normal(0, 0.3)
+            y, x = y + math.sin(angle), x + math.cos(angle)
+            iy, ix = int(round(y)), int(round(x))
+            if 1 <= iy < s - 1 and 1 <= ix < s - 1:
+                mask[iy - 1:iy + 1, ix - 1:ix + 1] = 1
+        g = g * (1 - rng.uniform(0.4, 0.7) * mask)
+    g = np.clip(g, 0, 1).astype(np.float32)
+    return torch.from_numpy(g)[None].repeat(3, 1, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+
+def dev_method(size: int) -> DifferNet:
+    cfg = DifferNetConfig(image_size=size, scales=(size, size // 2, size // 4), layers=LAYERS,
+                          pooling="+".join(STATS), n_train_transforms=K_TRAIN, n_test_transforms=N_DEV_T,
+                          rotation="uniform", color_jitter=0.15, seed=0)
+    return DifferNet(cfg)
+
+
+def extract(size: int, data_root: Path, out: Path) -> None:
+    cat = find_category(data_root, "magnetic_tile")
+    fit_s, dev_s = split_train_val(cat.train, 0.2, DEV_SEED)
+    m = dev_method(size)
+    t0 = time.perf_counter()
+    params = train_transform_pool(len(fit_s), m.config, torch.Generator().manual_seed(0))
+    train = m._training_features(ImageSet(fit_s, size), params, progress=True).numpy()
+    t_train = time.perf_counter() - t0
+    dev_normal = torch.stack([img for img in ImageSet(dev_s, size)])
+    rng, dtd = np.random.default_rng(DEV_SEED), _dtd_files()
+    dev_defect = torch.stack([synthetic_defect(img, i % 3, rng, dtd) for i, img in enumerate(dev_normal)])
+    tp = fixed_test_transforms(m.config)
+    feats = [m.cached_features(dev_normal[i:i + 8], tp).numpy() for i in range(0, len(dev_normal), 8)]
+    feats_d = [m.cached_features(dev_defect[i:i + 8], tp).numpy() for i in range(0, len(dev_defect), 8)]
+    np.savez(out, train=train, dev_normal=np.concatenate(feats), dev_defect=np.concatenate(feats_d),
+             kinds=np.arange(len(dev_defect)) % 3, channels=np.array(m.extractor.channels),
+             scales=np.array(m.config.scales))
+    print(f"extracted size {size}: train {train.shape} in {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s")
+
+
+def columns(channels, n_scales_total, scales, layers, stats) -> np.ndarray:
+    """Column indices of a (scales, layers, stats) subset in the dev feature layout."""
+    cols, offset = [], 0
+    for si in range(n_scales_total):
+        for li, c in zip(LAYERS, channels):
+            for st in STATS:
+                if si in scales and li in layers and st in stats:
+                    cols.extend(range(offset, offset + c))
+                offset += c
+    return np.array(cols)
+
+
+def train_eval(train, dev_n, dev_d, standardize, hidden, depth, epochs, seed=0, lr=2e-4, batch=64):
+    """Fit a flow on ``train [M, D]``; dev AUROC for 1/4/8 test transforms and dev NLL/dim."""
+    d = train.shape[1]
+    x = torch.from_numpy(train).float()
+    mean, std = (x.mean(0), x.std(0).clamp_min(1e-6)) if standardize else (torch.zeros(d), torch.ones(d))
+    x = (x - mean) / std
+    flow = Flow.build(d, 8, subnet_fc(hidden, depth), clamp=3.0, seed=seed)
+    opt = torch.optim.Adam(flow.parameters(), lr=lr, betas=(0.8, 0.8), eps=1e-4, weight_decay=1e-5)
+    gen = torch.Generator().manual_seed(seed)
+    curve = []
+
+    def evaluate():
+        flow.eval()
+        with torch.no_grad():
+            out = {}
+            s = {}
+            for name, f in (("n", dev_n), ("d", dev_d)):
+                v = (torch.from_numpy(f).float() - mean) / std  # [V, T, D]
+                z, ld = flow(v.reshape(-1, d))
+                s[name] = nll(z, ld).view(v.shape[0], v.shape[1]).numpy()
+            labels = np.r_[np.zeros(len(s["n"])), np.ones(len(s["d"]))]
+            for k in (1, 4, 8):
+                idx = np.arange(0, 8, 8 // k)
+                out[f"auroc_t{k}"] = roc_auc_score(labels, np.r_[s["n"][:, idx].mean(1), s["d"][:, idx].mean(1)])
+            out["dev_nll_per_dim"] = float(s["n"].mean() / d)
+            out["_scores"] = s
+        flow.train()
+        return out
+
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(batch):
+            z, ld = flow(x[idx])
+            loss = nll(z, ld).mean() / d
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if (epoch + 1) % max(1, epochs // 4) == 0 or epoch + 1 == epochs:
+            r = evaluate()
+            curve.append((epoch + 1, round(r["auroc_t8"], 4), round(r["dev_nll_per_dim"], 4)))
+    r = evaluate()
+    r["curve"] = curve
+    r["seconds"] = round(time.perf_counter() - t0, 1)
+    return r
+
+
+SETTINGS = {
+    # name: (scale indices, layers, stats)
+    "paper-like: stage4 mean, 3 scales": ((0, 1, 2), (4,), ("mean",)),
+    "stage4 mean, 1 scale": ((0,), (4,), ("mean",)),
+    "stages3-4 mean, 2 scales": ((0, 1), (3, 4), ("mean",)),
+    "stages3-4 mean+max, 2 scales": ((0, 1), (3, 4), ("mean", "max")),
+    "stages3-4 mean+std, 2 scales": ((0, 1), (3, 4), ("mean", "std")),
+    "stages2-4 mean+max, 2 scales": ((0, 1), (2, 3, 4), ("mean", "max")),
+    "stage3 mean+max, 2 scales": ((0, 1), (3,), ("mean", "max")),
+    "stages3-4 mean+max, 1 scale": ((0,), (3, 4), ("mean", "max")),
+    "stages3-4 mean+max, 3 scales": ((0, 1, 2), (3, 4), ("mean", "max")),
+}
+
+
+def sweep(size: int, feats: Path, out: Path, names: list[str] | None, standardize: list[bool],
+          hidden: int, depth: int, epochs: int, k_train: int) -> None:
+    data = np.load(feats)
+    channels = list(data["channels"])
+    for name, (scales, layers, stats) in SETTINGS.items():
+        if names and not any(n in name for n in names):
+            continue
+        cols = columns(channels, 3, scales, layers, stats)
+        tr = data["train"][:, :k_train][..., cols].reshape(-1, len(cols))
+        for std in standardize:
+            r = train_eval(tr, data["dev_normal"][..., cols], data["dev_defect"][..., cols], std,
+                           hidden, depth, epochs)
+            s = r.pop("_scores")
+            kinds = data["kinds"]
+            per_kind = {}
+            for k, kname in enumerate(("texture", "blob", "line")):
+                lab = np.r_[np.zeros(len(s["n"])), np.ones((kinds == k).sum())]
+                per_kind[kname] = round(roc_auc_score(lab, np.r_[s["n"].mean(1), s["d"][kinds == k].mean(1)]), 4)
+            row = {"size": size, "setting": name, "dim": len(cols), "standardize": std, "hidden": hidden,
+                   "depth": depth, "epochs": epochs, "k_train": k_train, **{k: (round(v, 4) if isinstance(v, float) else v)
+                                                                          for k, v in r.items()},
+                   "per_kind_t8": per_kind}
+            print(json.dumps(row), flush=True)
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=("extract", "sweep"))
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--data-root", default=str(SHARED_DATA / "mtd"))
+    ap.add_argument("--feats", default=None, help="npz of extracted dev features (default /tmp/differnet_dev_<size>.npz)")
+    ap.add_argument("--out", default="artifacts/differnet_dev.jsonl")
+    ap.add_argument("--settings", nargs="*", default=None, help="substrings of setting names")
+    ap.add_argument("--standardize", nargs="+", type=int, default=[1, 0])
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--depth", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--k-train", type=int, default=K_TRAIN)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    feats = Path(args.feats or f"/tmp/differnet_dev_{args.size}.npz")
+    if args.command == "extract":
+        extract(args.size, Path(args.data_root), feats)
+    else:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        sweep(args.size, feats, Path(args.out), args.settings, [bool(s) for s in args.standardize],
+              args.hidden, args.depth, args.epochs, args.k_train)
+
+
+if __name__ == "__main__":
+    main()

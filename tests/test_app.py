@@ -1,0 +1,310 @@
+"""The dashboard through Streamlit's AppTest: every page, the failure cases, first start.
+
+Runs are made once for the file on a generated toy dataset (untrained backbone, 64 px), so
+the whole file stays within a couple of minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import kit.method
+from fixtures_runs import TOY, broken_run, moved_run, toy_runs
+from kit.app import common
+from kit.method import Ablation, AblationVariant
+from kit.padim import Padim
+from kit.paths import REPO_ROOT
+
+APP = str(REPO_ROOT / "app.py")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> dict[str, Path]:
+    made = toy_runs(tmp_path_factory.mktemp("app"))
+    broken_run(made["runs"])
+    moved_run(made["a"], made["runs"])
+    return made
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch, toy, tmp_path):
+    monkeypatch.setenv("KIT_RUNS_ROOT", str(toy["runs"]))
+    monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("KIT_DATA_ROOT", str(toy["data"]))
+
+
+def start(page: str | None = None, timeout: float = 90) -> AppTest:
+    """The app after its first run, on ``page`` (a file under kit/app/) when given."""
+    at = AppTest.from_file(APP, default_timeout=timeout).run()
+    if page:
+        at.switch_page(f"kit/app/{page}.py").run()
+    assert_clean(at)
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def walk(node):
+    yield node
+    for child in getattr(node, "children", {}).values():
+        yield from walk(child)
+
+
+def charts(at: AppTest) -> set[str]:
+    """Keys of the plotly charts on the page (AppTest has no accessor for them)."""
+    return {n.key for n in walk(at.main) if getattr(n, "type", None) == "plotly_chart"}
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "success",
+                                  "title", "subheader") for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def name(option: str) -> str:
+    """Image name of a 'Test image' option label (labels append the runs' mistakes)."""
+    return option.split("  ")[0]
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` (a decompression-bomb shape), no pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) \
+        + chunk(b"IEND", b"")
+
+
+# ---------------------------------------------------------------------------------------------
+# Compare
+# ---------------------------------------------------------------------------------------------
+
+def test_compare_shows_image_truth_maps_and_overlays(toy):
+    at = start()
+    assert at.title[0].value == "Compare runs on one test image"
+    assert any("broken run" in w.value for w in at.sidebar.warning), "broken folder not reported"
+    assert at.multiselect(key="pick_runs").value == [str(toy["a"]), str(toy["b"])]
+    shown = charts(at)
+    assert {"cmp_map_padim_toy_a", "cmp_overlay_padim_toy_a",
+            "cmp_map_padim_toy_b", "cmp_overlay_padim_toy_b"} <= shown
+    assert len(at.image) == 2  # the test image and its ground truth
+    assert "pixel threshold" in texts(at) and "median normal pixel" in texts(at)
+
+    images = at.selectbox(key="cmp_image")
+    good = next(name(o) for o in images.options if o.startswith("good/"))
+    images.set_value(good).run()
+    assert_clean(at)
+    assert "defect type **good**" in texts(at)
+
+
+def test_compare_filters_sorts_and_flags(toy):
+    at = start()
+    at.multiselect(key="cmp_types").set_value(["crack"]).run()
+    assert all(o.startswith("crack/") for o in at.selectbox(key="cmp_image").options)
+
+    at.selectbox(key="cmp_sort").set_value("score: highest first").run()
+    at.selectbox(key="cmp_sort_run").set_value("padim_toy_b").run()
+    order = [name(o) for o in at.selectbox(key="cmp_image").options]
+    scores = {r["name"]: r["score"] for r in common.get_run(str(toy["b"]), 0).scores}
+    assert [scores[o] for o in order] == sorted((scores[o] for o in order), reverse=True)
+
+    at.multiselect(key="cmp_types").set_value(["good", "crack"]).run()
+    at.checkbox(key="cmp_mistakes").check().run()
+    assert_clean(at)
+    options = at.selectbox(key="cmp_image").options if at.selectbox else []
+    for label in options:  # every remaining image is a mistake of some run, and says so
+        assert "FP" in label or "FN" in label
+    if not options:
+        assert "No test image matches" in texts(at)
+
+
+def test_choices_follow_the_learner_across_pages(toy):
+    at = start()
+    at.multiselect(key="pick_runs").set_value([str(toy["b"])]).run()
+    at.switch_page("kit/app/curves.py").run()
+    assert_clean(at)
+    assert at.multiselect(key="pick_runs").value == [str(toy["b"])]
+    assert list(at.dataframe[0].value["run"]) == ["padim_toy_b"]
+
+
+def test_compare_survives_moved_data(toy):
+    at = start()
+    at.selectbox(key="pick_root").set_value("/nonexistent/moved/data").run()
+    assert_clean(at)
+    body = texts(at)
+    assert "data moved" in body.lower()
+    assert "cmp_map_moved_data_run" in charts(at)  # maps still shown without the photo
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves
+# ---------------------------------------------------------------------------------------------
+
+def test_curves_page(toy):
+    at = start("curves")
+    assert at.title[0].value == "Curves and metrics"
+    table = at.dataframe[0].value
+    assert list(table["run"]) == ["padim_toy_a", "padim_toy_b"]
+    assert table["image AUROC"].notna().all()
+    assert {"curve_image_roc", "curve_image_pr", "curve_pixel_roc", "curve_pro",
+            "hist_padim_toy_a", "hist_padim_toy_b"} <= charts(at)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature space
+# ---------------------------------------------------------------------------------------------
+
+def test_feature_space_page(toy, tmp_path):
+    at = start("features", timeout=180)  # the first UMAP of a fresh install compiles numba code
+    assert at.title[0].value == "Feature spaces"
+    assert {"fs_tsne_source", "fs_umap_source"} <= charts(at)
+    body = texts(at)
+    assert "perplexity" in body and "n_neighbors" in body and "seed 0" in body
+    assert "one round blob" in body  # the flow-latent caveat
+    assert list((tmp_path / "cache" / "embeddings").glob("*.npz")), "projections not cached on disk"
+
+    at.slider(key="fs_perplexity").set_value(5).run()
+    at.number_input(key="fs_seed").set_value(3).run()
+    at.radio(key="fs_color").set_value("defect_type").run()
+    assert_clean(at)
+    assert "perplexity 5" in texts(at) and "seed 3" in texts(at)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablations
+# ---------------------------------------------------------------------------------------------
+
+class FakeAblated(Padim):
+    """PaDiM under another name, declaring a small ablation (a stand-in for a paper's table)."""
+
+    name = "fakeabl"
+    title = "Fake method"
+    ablations = (Ablation(name="toyabl", title="Table 9: channels", metric="image_auroc",
+                          paper_dataset="nowhere", variants=[
+                              AblationVariant("A", {"n_features": 40}, 0.9),
+                              AblationVariant("B", {"n_features": 20}, 0.95),
+                              AblationVariant("C", {"blur_sigma": 2.0}, None)]),)
+
+
+def test_ablations_page_with_a_registered_fake_method(toy, tmp_path, monkeypatch):
+    monkeypatch.setitem(kit.method.METHODS, "fakeabl", FakeAblated)
+    runs = tmp_path / "abl_runs"
+    for label, source in (("A", toy["a"]), ("B", toy["b"])):  # toy runs, relabelled and tagged
+        shutil.copytree(source, runs / f"fake_{label}")
+        config = json.loads((runs / f"fake_{label}" / "config.json").read_text())
+        config.update(method="fakeabl", tags={"ablation": "toyabl", "variant": label})
+        (runs / f"fake_{label}" / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("KIT_RUNS_ROOT", str(runs))
+    at = start("ablations")
+    assert "abl_fig_fakeabl_toyabl" in charts(at)
+    table = next(d.value for d in at.dataframe if "variant" in d.value and list(d.value["variant"]) == ["A", "B", "C"])
+    assert list(table["runs"]) == ["fake_A", "fake_B", "missing"]
+    assert table["ours (mean)"].notna().tolist() == [True, True, False]
+    code = "\n".join(c.value for c in at.code)
+    assert "--tag variant=C" in code and "--set blur_sigma=2.0" in code
+    assert "--tag variant=A" not in code.split("toyabl")[-1]  # A has a run: not listed as missing
+
+
+def test_ablations_page_without_ablations(monkeypatch):
+    monkeypatch.setattr(kit.method, "METHODS", {"padim": Padim})
+    at = start("ablations")
+    assert "No registered method declares an ablation" in texts(at)
+
+
+# ---------------------------------------------------------------------------------------------
+# Try it
+# ---------------------------------------------------------------------------------------------
+
+def test_try_it_scores_an_upload_with_every_run(toy):
+    at = start("try_it")
+    assert any("broken run" in w.value for w in at.warning)
+    at.selectbox(key="try_category").set_value("toy").run()
+    image = np.asarray(Image.open(next((toy["data"] / "toy" / "test" / "crack").glob("*.png"))))
+    at.file_uploader(key="try_upload").set_value(("crack.png", png_bytes(image), "image/png")).run()
+    assert_clean(at)
+    assert {"try_map_padim_toy_a", "try_overlay_padim_toy_a", "try_overlay_padim_toy_b",
+            "try_overlay_moved_data_run"} <= charts(at)
+    assert "scored by 3 run(s)" in texts(at)
+
+
+@pytest.mark.parametrize("name,data,message", [
+    pytest.param("notes.txt", b"hello, I am not an image", "not an image", id="not-an-image"),
+    pytest.param("empty.png", b"", "empty", id="empty"),
+    pytest.param("huge.png", b"\0" * (21 * 1024 * 1024), "file too large", id="over-20MB"),
+    pytest.param("big.png", png_header_only(9_000, 9_000), "image too large", id="81-megapixels"),
+    pytest.param("bomb.png", png_header_only(20_000, 20_000), "image too large", id="400-megapixels"),
+    pytest.param("cut.png", png_bytes(np.full((64, 64), 7, np.uint8))[:60], "truncated", id="truncated"),
+])
+def test_try_it_refuses_bad_uploads(name, data, message):
+    at = start("try_it")
+    at.file_uploader(key="try_upload").set_value((name, data, "application/octet-stream")).run()
+    assert_clean(at)
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_try_it_trains_a_quick_run(toy, tmp_path, monkeypatch):
+    runs = tmp_path / "train_runs"
+    runs.mkdir()
+    monkeypatch.setenv("KIT_RUNS_ROOT", str(runs))
+    at = start("try_it")
+    at.selectbox(key="train_method").set_value("padim")
+    at.selectbox(key="train_root").set_value(str(toy["data"])).run()
+    at.selectbox(key="train_category").set_value("toy")
+    at.text_input(key="train_settings").set_value("weights=none image_size=64")
+
+    at.text_input(key="train_name").set_value("../escape").run()
+    at.button(key="train_go").click().run(timeout=60)
+    assert any("invalid run name" in e.value for e in at.error)
+    assert not (tmp_path / "escape").exists()
+
+    at.text_input(key="train_name").set_value("app_quick").run()
+    at.button(key="train_go").click().run(timeout=180)
+    assert_clean(at)
+    assert any("Run written to" in s.value for s in at.success), texts(at)
+    assert (runs / "app_quick" / "metrics.json").is_file()
+    assert at.get("progress"), "no progress bar"
+
+    at.button(key="train_go").click().run(timeout=60)  # same name again, no 'Replace'
+    assert any("exists already" in e.value for e in at.error)
+
+
+# ---------------------------------------------------------------------------------------------
+# First start
+# ---------------------------------------------------------------------------------------------
+
+def test_first_start_explains_and_makes_demo_runs(tmp_path, monkeypatch):
+    runs = tmp_path / "fresh_runs"
+    monkeypatch.setenv("KIT_RUNS_ROOT", str(runs))
+    monkeypatch.setattr(common, "DEMO_OVERRIDES", dict(TOY))
+    monkeypatch.setattr(common, "DEMO_METHODS", ["padim"])
+    at = start()
+    body = texts(at)
+    assert "No runs yet" in body and "make demo" in body and "python -m kit demo" in body
+    for page in ("curves", "features"):  # the other run-based pages say the same
+        at.switch_page(f"kit/app/{page}.py").run()
+        assert_clean(at)
+        assert "No runs yet" in texts(at)
+    at.switch_page("kit/app/compare.py").run()
+    at.button(key="make_demo").click().run(timeout=240)
+    assert_clean(at)
+    assert (runs / "demo_padim" / "metrics.json").is_file()
+    assert at.title[0].value == "Compare runs on one test image"
+    assert "cmp_map_demo_padim" in charts(at)
