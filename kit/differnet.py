@@ -411,8 +411,10 @@ class DifferNet(AnomalyMethod):
                 x = images.detach().clone().requires_grad_(True)
                 feats = self.pooled_features(apply_transforms(x, params[t].expand(b, 3)))
                 z, logdet = self.flow(self._normalise(feats))
-                loss = nll(z, logdet)  # the map always uses L of eq. 4 (sec. 3.3)
-                (grad,) = torch.autograd.grad(loss.sum(), x)  # d L / d x: rotation already undone
+                loss = nll(z, logdet)  # the map always uses L of eq. 4 (sec. 3.3) ...
+                # ... per dimension, as in training: same map up to a constant, and values stay
+                # well inside float16 (runs store maps as float16; raw L gradients overflow it)
+                (grad,) = torch.autograd.grad(loss.sum() / self.dim, x)  # rotation already undone
             maps += gaussian_blur(grad, c.map_sigma).abs().sum(1)  # eq. 7
             per_t[:, t] = self._scores_from(z.detach(), logdet.detach())
         if map_idx:
