@@ -528,9 +528,13 @@ class FeatureExtractor(nn.Module):
         weights: str | Path = "auto",
         *,
         cache_dir: str | Path | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self._name = name
+        # channels_last (NHWC) runs the depthwise convolutions of EfficientNet 15-40 % faster
+        # on CPU (benchmarks/bench_differnet.py); outputs agree with NCHW to float rounding.
+        self.channels_last = channels_last
         self._weights = resolve_weights(name, weights)
         model, mean, std = create_backbone(name, self._weights, cache_dir=cache_dir)
         # Buffers follow .to(device) but are not saved: they are a property of the weights.
@@ -575,6 +579,8 @@ class FeatureExtractor(nn.Module):
         self._strides = [strides[i] for i in self._layers]
         for p in self.parameters():
             p.requires_grad_(False)
+        if channels_last:
+            self.body.to(memory_format=torch.channels_last)
         super().train(False)
 
     # -- read-only facts -------------------------------------------------------------------
@@ -628,6 +634,8 @@ class FeatureExtractor(nn.Module):
                 "images look like 0..255 values; FeatureExtractor expects floats in [0, 1]"
             )
         x = (images - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self._mode == "sequential":
             wanted = {tap: None for tap in self._taps}
             for i, module in enumerate(self.body):

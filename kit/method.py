@@ -118,6 +118,13 @@ class AnomalyMethod(ABC):
     def embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """One ``[B, D]`` feature vector per image for each name in ``feature_spaces``."""
 
+    def inference_info(self) -> dict[str, Any]:
+        """Facts a timing needs beside it, e.g. how many views came from a feature cache.
+
+        The pipeline stores them in ``metrics.json`` under ``inference_info``. Default: none.
+        """
+        return {}
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to predict again: tensors and plain Python values only."""

@@ -146,7 +146,11 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
     normal = score_samples(method, normal_samples, progress, desc="scoring normals")
     threshold = M.threshold_from_normal(normal.scores, cfg.threshold_quantile)
     stage("scoring the test split", 0.7)
+    info_before = method.inference_info()
     test = score_samples(method, cat.test, progress, desc="scoring test")
+    info_after = method.inference_info()
+    inference_info = {k: v - info_before.get(k, 0) if isinstance(v, (int, float)) else v
+                      for k, v in info_after.items()}
     results = evaluate_scored(cat.test, test, cfg.image_size, threshold, cat.has_masks)
     stage("collecting features for embeddings", 0.9)
     features = collect_features(method, fit_samples, cat.test, seed, progress)
@@ -162,6 +166,7 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
         "budget": budget, "seed": seed, "n_train": len(fit_samples), "n_val": len(val_samples),
         "n_test": len(cat.test), "fit_seconds": round(fit_seconds, 3),
         "infer_ms_per_image": round(1000 * test.seconds / max(1, len(cat.test)), 3),
+        "inference_info": inference_info,
         "threshold_source": "held-out normal training images" if val_samples
         else "fit images (in-sample)",
         "dataset": cat.name,

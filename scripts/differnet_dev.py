@@ -31,7 +31,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from kit.data import ImageSet, find_category, split_train_val
-from kit.differnet import DifferNet, DifferNetConfig, fixed_test_transforms, train_transform_pool
+from kit.differnet import IDENTITY, DifferNet, DifferNetConfig, fixed_test_transforms, train_transform_pool
 from kit.flows import Flow, nll, subnet_fc
 from kit.paths import SHARED_DATA, dtd_root
 
@@ -39,6 +39,7 @@ DEV_SEED = 100
 LAYERS = (1, 2, 3, 4)
 STATS = ("mean", "max", "std")
 K_TRAIN = 4
+ROTATION = "uniform"  # set by --rotation; "none" = brightness/contrast transforms only
 N_DEV_T = 8
 
 
@@ -88,17 +89,17 @@ def synthetic_defect(image: torch.Tensor, kind: int, rng: np.random.Generator, d
 
 # ------------------------------------------------------------------------------------------------
 
-def dev_method(size: int) -> DifferNet:
-    cfg = DifferNetConfig(image_size=size, scales=(size, size // 2, size // 4), layers=LAYERS,
+def dev_method(size: int, backbone: str = "tf_efficientnet_lite0") -> DifferNet:
+    cfg = DifferNetConfig(backbone=backbone, image_size=size, scales=(size, size // 2, size // 4), layers=LAYERS,
                           pooling="+".join(STATS), n_train_transforms=K_TRAIN, n_test_transforms=N_DEV_T,
-                          rotation="uniform", color_jitter=0.15, seed=0)
+                          rotation=ROTATION, color_jitter=0.15, seed=0)
     return DifferNet(cfg)
 
 
-def extract(size: int, data_root: Path, out: Path) -> None:
+def extract(size: int, data_root: Path, out: Path, backbone: str) -> None:
     cat = find_category(data_root, "magnetic_tile")
     fit_s, dev_s = split_train_val(cat.train, 0.2, DEV_SEED)
-    m = dev_method(size)
+    m = dev_method(size, backbone)
     t0 = time.perf_counter()
     params = train_transform_pool(len(fit_s), m.config, torch.Generator().manual_seed(0))
     train = m._training_features(ImageSet(fit_s, size), params, progress=True).numpy()
@@ -113,6 +114,20 @@ def extract(size: int, data_root: Path, out: Path) -> None:
              kinds=np.arange(len(dev_defect)) % 3, channels=np.array(m.extractor.channels),
              scales=np.array(m.config.scales))
     print(f"extracted size {size}: train {train.shape} in {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s")
+    extract_identity(size, data_root, out, backbone)
+
+
+def extract_identity(size: int, data_root: Path, feats: Path, backbone: str) -> None:
+    """Add ``train_identity [N, 1, D]`` (the fit images, untransformed) to an extracted npz:
+    the features of a flow trained WITHOUT transforms (Table 3 A/C, ``--k-train 0``)."""
+    cat = find_category(data_root, "magnetic_tile")
+    fit_s, _ = split_train_val(cat.train, 0.2, DEV_SEED)
+    m = dev_method(size, backbone)
+    identity = torch.tensor([IDENTITY], dtype=torch.float64).expand(len(fit_s), 1, 3)
+    train_identity = m._training_features(ImageSet(fit_s, size), identity, progress=True).numpy()
+    data = dict(np.load(feats))
+    np.savez(feats, **data, train_identity=train_identity)
+    print(f"added train_identity {train_identity.shape} to {feats}")
 
 
 def columns(channels, n_scales_total, scales, layers, stats) -> np.ndarray:
@@ -166,7 +181,8 @@ def train_eval(train, dev_n, dev_d, standardize, hidden, depth, epochs, seed=0, 
             opt.step()
         if (epoch + 1) % max(1, epochs // 4) == 0 or epoch + 1 == epochs:
             r = evaluate()
-            curve.append((epoch + 1, round(r["auroc_t8"], 4), round(r["dev_nll_per_dim"], 4)))
+            curve.append((epoch + 1, round(r["auroc_t8"], 4), round(r["dev_nll_per_dim"], 4),
+                          round(r["auroc_t1"], 4)))  # (epoch, AUROC 8 T, NLL/dim, AUROC 1 T)
     r = evaluate()
     r["curve"] = curve
     r["seconds"] = round(time.perf_counter() - t0, 1)
@@ -188,14 +204,16 @@ SETTINGS = {
 
 
 def sweep(size: int, feats: Path, out: Path, names: list[str] | None, standardize: list[bool],
-          hidden: int, depth: int, epochs: int, k_train: int) -> None:
+          hidden: int, depth: int, epochs: int, k_train: int, backbone: str) -> None:
     data = np.load(feats)
     channels = list(data["channels"])
     for name, (scales, layers, stats) in SETTINGS.items():
         if names and not any(n in name for n in names):
             continue
         cols = columns(channels, 3, scales, layers, stats)
-        tr = data["train"][:, :k_train][..., cols].reshape(-1, len(cols))
+        # k_train 0: no training transforms (the untransformed images); read its "AUROC 1 T"
+        pool = data["train_identity"] if k_train == 0 else data["train"][:, :k_train]
+        tr = pool[..., cols].reshape(-1, len(cols))
         for std in standardize:
             r = train_eval(tr, data["dev_normal"][..., cols], data["dev_defect"][..., cols], std,
                            hidden, depth, epochs)
@@ -205,7 +223,7 @@ def sweep(size: int, feats: Path, out: Path, names: list[str] | None, standardiz
             for k, kname in enumerate(("texture", "blob", "line")):
                 lab = np.r_[np.zeros(len(s["n"])), np.ones((kinds == k).sum())]
                 per_kind[kname] = round(roc_auc_score(lab, np.r_[s["n"].mean(1), s["d"][kinds == k].mean(1)]), 4)
-            row = {"size": size, "setting": name, "dim": len(cols), "standardize": std, "hidden": hidden,
+            row = {"size": size, "backbone": backbone, "rotation": ROTATION, "setting": name, "dim": len(cols), "standardize": std, "hidden": hidden,
                    "depth": depth, "epochs": epochs, "k_train": k_train, **{k: (round(v, 4) if isinstance(v, float) else v)
                                                                           for k, v in r.items()},
                    "per_kind_t8": per_kind}
@@ -216,8 +234,10 @@ def sweep(size: int, feats: Path, out: Path, names: list[str] | None, standardiz
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("extract", "sweep"))
+    ap.add_argument("command", choices=("extract", "extract-identity", "sweep"))
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--backbone", default="tf_efficientnet_lite0")
+    ap.add_argument("--rotation", default="uniform", choices=("uniform", "right", "none"))
     ap.add_argument("--data-root", default=str(SHARED_DATA / "mtd"))
     ap.add_argument("--feats", default=None, help="npz of extracted dev features (default /tmp/differnet_dev_<size>.npz)")
     ap.add_argument("--out", default="artifacts/differnet_dev.jsonl")
@@ -226,16 +246,22 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--k-train", type=int, default=K_TRAIN)
+    ap.add_argument("--k-train", type=int, default=K_TRAIN, help="training transforms per image; 0 = none")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    feats = Path(args.feats or f"/tmp/differnet_dev_{args.size}.npz")
+    global ROTATION
+    ROTATION = args.rotation
+    tag = "" if args.backbone == "tf_efficientnet_lite0" else f"_{args.backbone}"
+    tag += "" if args.rotation == "uniform" else f"_rot-{args.rotation}"
+    feats = Path(args.feats or f"/tmp/differnet_dev_{args.size}{tag}.npz")
     if args.command == "extract":
-        extract(args.size, Path(args.data_root), feats)
+        extract(args.size, Path(args.data_root), feats, args.backbone)
+    elif args.command == "extract-identity":
+        extract_identity(args.size, Path(args.data_root), feats, args.backbone)
     else:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         sweep(args.size, feats, Path(args.out), args.settings, [bool(s) for s in args.standardize],
-              args.hidden, args.depth, args.epochs, args.k_train)
+              args.hidden, args.depth, args.epochs, args.k_train, args.backbone)
 
 
 if __name__ == "__main__":
