@@ -3,8 +3,9 @@
 Each method lists its ablations (``AnomalyMethod.ablations``): named variants, each a set of
 config overrides and the paper's value. ``run_ablation`` makes one run per variant (and per
 seed), tagged ``{"ablation": name, "variant": label, "seed": s}`` in config.json, named
-``<runs_root>/<method>-<ablation>-<variant>-<budget>-s<seed>``. Existing complete runs are kept, so an
-interrupted sweep resumes where it stopped.
+``<runs_root>/<method>-<ablation>-<variant>-<budget>-s<seed>``. Existing complete runs made with
+today's config are kept, so an interrupted sweep resumes where it stopped; a run whose stored
+config differs (the budget changed in the code, other overrides) is made again.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kit.method import Ablation, method_class
-from kit.pipeline import run_experiment
-from kit.runstore import Run, RunError, list_runs, load_run, safe_run_dir
+from kit.pipeline import run_experiment, run_is_current
+from kit.runstore import Run, list_runs, safe_run_dir
 
 
 def find_ablation(method: str, name: str) -> Ablation:
@@ -43,12 +44,10 @@ def run_ablation(method: str, name: str, data_root: Path | str, category: str, r
     for variant in chosen:
         for seed in seeds:
             out = safe_run_dir(runs_root, run_name(method, name, variant.label, budget, seed))
-            try:
-                load_run(out)  # complete already: keep it
-            except RunError:
+            overrides = {**(extra_overrides or {}), **variant.overrides}
+            if not run_is_current(out, method, budget, seed, overrides):  # else: keep it
                 run_experiment(method, data_root, category, out, budget=budget, seed=seed,
-                               overrides={**(extra_overrides or {}), **variant.overrides},
-                               tags={"ablation": name, "variant": variant.label},
+                               overrides=overrides, tags={"ablation": name, "variant": variant.label},
                                progress=progress, overwrite=True)
             if on_run:
                 on_run(variant.label, out)

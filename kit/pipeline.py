@@ -11,6 +11,7 @@ Which data every choice uses:
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import kit
 from kit import metrics as M
 from kit.data import Category, ImageSet, Sample, find_category, split_train_val, subsample
 from kit.method import AnomalyMethod, make_method, method_class, seed_everything
-from kit.runstore import load_run, write_run
+from kit.runstore import RunError, load_run, write_run
 
 EMBED_TEST = 240  # test images whose features are stored for the embedding plots
 EMBED_NORMAL = 120  # training (defect-free) images stored likewise
@@ -192,6 +193,26 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
                      overwrite=overwrite)
     stage("done", 1.0)
     return path
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))  # tuples -> lists, as in config.json
+
+
+def run_is_current(run_dir: Path | str, method_name: str, budget: str = "quick", seed: int = 0,
+                   overrides: dict[str, Any] | None = None) -> bool:
+    """True if ``run_dir`` is a complete run made with the config these arguments give *now*.
+
+    Reusing a run is only safe when its stored method config equals today's (a budget changed
+    in the code since, or other overrides, make it stale). Builds no model.
+    """
+    try:
+        run = load_run(run_dir)
+    except RunError:
+        return False
+    cls = method_class(method_name)
+    expected = cls.config_cls.for_budget(budget, seed=seed, **(overrides or {})).to_dict()
+    return run.method == method_name and _plain(run.config.get("method_config")) == _plain(expected)
 
 
 def restore_method(run_dir: Path | str) -> AnomalyMethod:

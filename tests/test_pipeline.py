@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kit.cli import main
-from kit.pipeline import rescore_run, restore_method, run_experiment
+from kit.pipeline import rescore_run, restore_method, run_experiment, run_is_current
 from kit.runstore import RUN_FILES, load_run
 
 FAST = {"weights": "none", "image_size": 64}  # untrained backbone: plumbing tests only
@@ -46,6 +46,19 @@ def test_same_seed_same_metrics(toy_root, tmp_path):
     b = load_run(_fit(toy_root, tmp_path / "b", seed=1)).metrics
     drop = {"fit_seconds", "infer_ms_per_image"}
     assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+def test_a_run_made_with_another_config_is_not_current(toy_root, tmp_path, monkeypatch):
+    """Ablation sweeps and notebooks reuse runs; a stale one (config changed since) is redone."""
+    path = _fit(toy_root, tmp_path / "run")
+    assert run_is_current(path, "padim", "quick", 0, FAST)
+    assert not run_is_current(path, "padim", "quick", 1, FAST)  # another seed
+    assert not run_is_current(path, "padim", "quick", 0, {**FAST, "image_size": 32})
+    assert not run_is_current(tmp_path / "missing", "padim", "quick", 0, FAST)
+    from kit.padim import PadimConfig  # a budget edited in the code after the run was made
+    monkeypatch.setitem(PadimConfig.BUDGETS, "quick", {**PadimConfig.BUDGETS.get("quick", {}),
+                                                       "threshold_quantile": 0.5})
+    assert not run_is_current(path, "padim", "quick", 0, FAST)
 
 
 def test_checkpoint_restores_the_same_scores(toy_root, tmp_path):

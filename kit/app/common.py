@@ -321,6 +321,18 @@ def first_start(root: Path) -> None:
         st.rerun()
 
 
+def page_runs(title: str) -> list[Run]:
+    """A multi-run page's preamble: title, runs (or the first-start screen), the user's pick.
+
+    Returns the picked runs; with none picked it says so and returns ``[]``.
+    """
+    st.title(title)
+    chosen = pick_runs(require_runs())
+    if not chosen:
+        st.info("Pick at least one run above.")
+    return chosen
+
+
 def require_runs() -> list[Run]:
     """The valid runs; on an empty runs root show :func:`first_start` and stop the page."""
     runs, _ = all_runs()

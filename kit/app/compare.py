@@ -127,11 +127,8 @@ def _run_panel(top, bottom, run: Run, srow: dict, row: pd.Series) -> None:
 
 
 def render() -> None:
-    st.title("Compare runs on one test image")
-    runs = common.require_runs()
-    chosen = common.pick_runs(runs)
+    chosen = common.page_runs("Compare runs on one test image")
     if not chosen:
-        st.info("Pick at least one run above.")
         return
     table = image_table(chosen)
     if table.empty:

@@ -40,11 +40,8 @@ def metrics_table(runs: list[Run]) -> pd.DataFrame:
 
 
 def render() -> None:
-    st.title("Curves and metrics")
-    runs = common.require_runs()
-    chosen = common.pick_runs(runs)
+    chosen = common.page_runs("Curves and metrics")
     if not chosen:
-        st.info("Pick at least one run above.")
         return
 
     st.subheader("Metrics")
