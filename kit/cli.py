@@ -17,17 +17,13 @@ from kit.paths import DEFAULT_CATEGORY, default_data_root, default_runs_root
 
 
 def _parse_override(text: str) -> tuple[str, object]:
-    """``key=value`` with value parsed as JSON when possible (numbers, lists, true/false)."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
-    key, raw = text.split("=", 1)
+    """``--set`` / ``--tag`` values: ``key=value`` as :func:`kit.method.parse_setting` reads it."""
+    from kit.method import ConfigError, parse_setting
+
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    if isinstance(value, list):
-        value = tuple(value)
-    return key.strip(), value
+        return parse_setting(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +82,7 @@ def _fmt(value) -> str:
 
 
 def cmd_fit(args) -> int:
+    from kit.data import check_category_name
     from kit.pipeline import run_experiment
 
     overrides = dict(args.overrides)
@@ -93,6 +90,7 @@ def cmd_fit(args) -> int:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     data_root = default_data_root(args.data_root)
+    check_category_name(data_root, args.category)  # it names the default run folder too
     out = Path(args.out) if args.out else (
         default_runs_root() / f"{args.method}_{args.category}_{args.budget}_s{args.seed}")
     print(f"fitting {args.method} on {data_root / args.category} ({args.budget} budget, seed {args.seed})")
@@ -197,16 +195,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """``warning: <message>``: the kit's warnings are about the user's data, not its code."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    from kit.backbones import BackboneError
     from kit.data import DataError
     from kit.runstore import RunError
 
     args = build_parser().parse_args(argv)
     commands = {"fit": cmd_fit, "eval": cmd_eval, "list": cmd_list, "info": cmd_info,
                 "demo": cmd_demo, "ablation": cmd_ablation}
+    default_format, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         return commands[args.command](args)
-    except (DataError, RunError, ValueError) as err:  # bad input: one clear line, no traceback
+    except (DataError, RunError, BackboneError, ValueError) as err:  # bad input: one clear line
         if os.environ.get("KIT_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)
@@ -214,3 +221,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: no run was written", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = default_format  # main() may be called in-process (tests)

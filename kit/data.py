@@ -29,6 +29,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 MAX_IMAGE_PIXELS = 64_000_000  # refuse absurd inputs (decompression bombs) with a clear error
 
 
+class DataWarning(UserWarning):
+    """Data that is used, but not as the user may think (an image left out of pixel metrics)."""
+
+
 class DataError(ValueError):
     """Bad input data. The message names the path and what is wrong with it."""
 
@@ -101,12 +105,25 @@ def _find_mask(gt_dir: Path, image: Path) -> Path | None:
     return None
 
 
+def check_category_name(root: Path | str, category: str) -> str:
+    """``category`` if it is one plain folder name; DataError otherwise.
+
+    A name such as ``../../x`` or ``/etc`` would read data outside the data root, and the
+    default run folder is named after it, so it would write outside the runs root too."""
+    name = category if isinstance(category, str) else ""
+    if (not name.strip() or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or Path(name).is_absolute() or name != name.strip()):
+        raise DataError(Path(root), f"invalid category name {category!r}: it must be one "
+                                    "folder name inside the data root (no '/', '\\' or '..')")
+    return name
+
+
 def find_category(root: Path | str, category: str) -> Category:
     """Index a category folder. Raises DataError naming the path when the layout is wrong."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "data root does not exist or is not a folder")
-    folder = root / category
+    folder = root / check_category_name(root, category)
     if not folder.is_dir():
         available = ", ".join(list_categories(root)) or "none"
         raise DataError(folder, f"unknown category '{category}' (available: {available})")
@@ -122,7 +139,6 @@ def find_category(root: Path | str, category: str) -> Category:
     gt_root = folder / "ground_truth"
     has_masks = gt_root.is_dir()
     test: list[Sample] = []
-    warnings: list[str] = []
     for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
         defect = defect_dir.name
         for image in _image_files(defect_dir):
@@ -130,12 +146,32 @@ def find_category(root: Path | str, category: str) -> Category:
                 test.append(Sample(image, 0, "good"))
                 continue
             mask = _find_mask(gt_root / defect, image) if has_masks else None
-            if has_masks and mask is None:
-                warnings.append(f"{image}: no mask, left out of pixel metrics")
             test.append(Sample(image, 1, defect, mask))
     if not test:
         raise DataError(test_dir, "test folder holds no images")
-    return Category(root, category, train, test, has_masks, warnings)
+    return Category(root, category, train, test, has_masks)
+
+
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}  # "I": 32-bit ints, 16-bit PNGs on old PIL
+
+
+def rgb8(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> RGB ``[H, W, 3]`` uint8.
+
+    16-bit images (mode ``I;16``, e.g. 16-bit PNG or TIFF, common from industrial cameras)
+    are scaled from 0..65535 to 0..255: PIL's own ``convert("RGB")`` clips them, so nearly
+    every pixel became white. Float images (mode ``F``) are read as 0..1 when they fit in it,
+    else as 0..255.
+    """
+    if img.mode in _SIXTEEN_BIT or img.mode == "F":
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        if img.mode in _SIXTEEN_BIT:
+            values = np.clip(values, 0, 65535) / 257.0
+        elif values.size and values.max() <= 1.0:
+            values = values * 255.0
+        gray = np.round(np.clip(values, 0, 255)).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.array(img.convert("RGB"), dtype=np.uint8)
 
 
 def read_image(path: Path | str, size: int) -> np.ndarray:
@@ -146,7 +182,7 @@ def read_image(path: Path | str, size: int) -> np.ndarray:
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise DataError(path, f"image too large ({img.width}x{img.height} pixels)")
             img.load()  # decode now, so truncated files fail here and not deep inside torch
-            rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            rgb = Image.fromarray(rgb8(img)).resize((size, size), Image.BILINEAR)
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -156,24 +192,61 @@ def read_image(path: Path | str, size: int) -> np.ndarray:
     return np.array(rgb, dtype=np.uint8)  # a writable copy, as torch wants
 
 
-def read_mask(sample: Sample, size: int) -> np.ndarray:
-    """Binary mask ``[S, S]`` bool for a sample (all False for good images or no mask)."""
-    if sample.mask_path is None:
-        return np.zeros((size, size), dtype=bool)
+def read_full_mask(sample: Sample) -> np.ndarray:
+    """The mask of a defect sample at its image's own size, ``[H, W]`` bool.
+
+    A pixel is a defect where any channel is > 127: grayscale masks binarise as usual, and a
+    coloured annotation (red on black) is read as drawn instead of falling below the cut once
+    converted to gray. DataError when the file is unreadable or its size differs from the
+    image's.
+    """
     path = sample.mask_path
     try:
         with Image.open(path) as m:
             m.load()
-            mask = m.convert("L")
+            mask = rgb8(m).max(axis=2)
+    except FileNotFoundError:
+        raise DataError(path, "mask file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(path, f"unreadable or truncated mask ({err})") from None
-    with Image.open(sample.path) as img:
-        image_size = img.size
-    if mask.size != image_size:
-        raise DataError(path, f"mask is {mask.size[0]}x{mask.size[1]} but its image "
+    try:
+        with Image.open(sample.path) as img:
+            image_size = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(sample.path, f"unreadable or truncated image ({err})") from None
+    if (mask.shape[1], mask.shape[0]) != image_size:
+        raise DataError(path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image "
                               f"{sample.path.name} is {image_size[0]}x{image_size[1]}")
-    binary = Image.fromarray((np.asarray(mask) > 127).astype(np.uint8) * 255)
+    return mask > 127
+
+
+def read_mask(sample: Sample, size: int) -> np.ndarray:
+    """Binary mask ``[S, S]`` bool for a sample (all False for good images or no mask)."""
+    if sample.mask_path is None:
+        return np.zeros((size, size), dtype=bool)
+    binary = Image.fromarray(read_full_mask(sample).astype(np.uint8) * 255)
     return np.asarray(binary.resize((size, size), Image.NEAREST)) > 0
+
+
+def check_masks(category: Category, progress: bool = False) -> list[str]:
+    """Read every mask of a category once, before any fitting; return what pixel metrics leave out.
+
+    Raises DataError on a mask that cannot be used at all (unreadable, or a size that differs
+    from its image's), so that the error comes before the fit and not after it. Returns one
+    line per defect image left out of the pixel metrics (no mask file, or a mask with no
+    pixel above the cut), naming the files.
+    """
+    notes = []
+    for sample in tqdm(category.test, desc="checking masks", disable=not progress, leave=False):
+        if sample.label == 0 or not category.has_masks:
+            continue
+        if sample.mask_path is None:
+            notes.append(f"{sample.path}: no mask file in {category.root / category.name / 'ground_truth'}"
+                         f"/{sample.defect_type}/, left out of pixel metrics")
+        elif not read_full_mask(sample).any():
+            notes.append(f"{sample.mask_path}: no pixel above 127 (an empty or faint mask), "
+                         f"{sample.path.name} left out of pixel metrics")
+    return notes
 
 
 class ImageSet(Dataset):

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from kit.backbones import FeatureExtractor
 from kit.cache import FeatureCache, file_key, params_key, tensor_key
 from kit.data import ImageSet
-from kit.flows import Flow, nll, subnet_fc
+from kit.flows import Flow, check_finite_loss, nll, subnet_fc
 from kit.maps import gaussian_blur
 from kit.method import Ablation, AblationVariant, AnomalyMethod, MethodConfig, Prediction, register
 
@@ -108,14 +108,21 @@ class DifferNetConfig(MethodConfig):
                      n_train_transforms=4, n_test_transforms=8, n_map_transforms=2),
     }
 
+    LIMITS: ClassVar[dict[str, tuple[Any, Any]]] = {
+        "scales": (16, 2048), "n_blocks": (1, 64), "hidden": (1, 16384),
+        "subnet_depth": (1, 16), "clamp": (1e-3, 100.0), "lr": (1e-8, 1.0), "betas": (0.0, 0.9999),
+        "adam_eps": (0.0, 1.0), "weight_decay": (0.0, 1.0), "train_batch_size": (1, 65536),
+        "epochs": (1, 100_000), "n_train_transforms": (1, 64), "n_test_transforms": (1, 1024),
+        "color_jitter": (0.0, 0.99), "n_map_transforms": (0, 1024), "map_sigma": (0.0, 100.0),
+        "extract_batch_size": (1, 4096), "transform_seed": (0, 2**63 - 1),
+    }  # n_train_transforms <= POOL_DRAWS, the transforms drawn per image
+
     def __post_init__(self):
         if self.scales in ("single", ("single",)):  # Table 3 A/B: only the largest scale
             self.scales = (self.image_size,)
         elif self.scales in ("multi", ("multi",)):  # Table 3 C-G: the paper's 448/224/112 ratios
             self.scales = (self.image_size, self.image_size // 2, self.image_size // 4)
-        self.scales = tuple(int(s) for s in self.scales)
-        self.layers = tuple(int(v) for v in self.layers)
-        self.betas = tuple(float(b) for b in self.betas)
+        super().__post_init__()  # types and ranges of every field (LIMITS), before any work
         stats = self.pooling.split("+")
         if not stats or any(s not in POOLINGS for s in stats):
             raise ValueError(f"pooling must join {POOLINGS} with '+', got {self.pooling!r}")
@@ -123,8 +130,6 @@ class DifferNetConfig(MethodConfig):
             raise ValueError(f"rotation must be one of {ROTATIONS}, got {self.rotation!r}")
         if self.score not in ("nll", "z2"):
             raise ValueError(f"score must be 'nll' or 'z2', got {self.score!r}")
-        if self.n_test_transforms < 1:
-            raise ValueError("n_test_transforms must be >= 1")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -389,6 +394,7 @@ class DifferNet(AnomalyMethod):
             for idx in order.split(c.train_batch_size):
                 z, logdet = self.flow(data[idx])
                 loss = nll(z, logdet).mean() / self.dim
+                check_finite_loss(loss, epoch, c.lr)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -407,6 +413,27 @@ class DifferNet(AnomalyMethod):
             return z.pow(2).mean(1)
         return nll(z, logdet)
 
+    def _input_gradient(self, images: torch.Tensor, params: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(dL/dx [B, 3, S, S], z [B, D], log-det [B])`` of ``images [B, 3, S, S]`` under one
+        transform ``params [3]``; ``z`` and log-det detached.
+
+        Gradients are on here whatever the caller chose: under ``torch.no_grad()`` or
+        ``torch.inference_mode()`` around ``predict`` (the dashboard had one) the map would have
+        nothing to back-propagate through.
+        """
+        with torch.inference_mode(False), torch.enable_grad():
+            # copies: tensors made in inference mode cannot join autograd, copies made here can
+            x = images.detach().clone().requires_grad_(True)
+            p = params.clone().expand(images.shape[0], 3)
+            feats = self.pooled_features(apply_transforms(x, p))
+            z, logdet = self.flow(self._normalise(feats))
+            loss = nll(z, logdet)  # the map always uses L of eq. 4 (sec. 3.3) ...
+            # ... per dimension, as in training: same map up to a constant, and values stay
+            # well inside float16 (runs store maps as float16; raw L gradients overflow it)
+            (grad,) = torch.autograd.grad(loss.sum() / self.dim, x)  # rotation already undone
+        return grad, z.detach(), logdet.detach()
+
     def predict(self, images: torch.Tensor) -> Prediction:
         if self.flow is None:
             raise RuntimeError("fit() or load_state_dict() first")
@@ -423,16 +450,9 @@ class DifferNet(AnomalyMethod):
                 per_t[:, rest] = self._scores_from(z, logdet).view(b, len(rest))
         maps = torch.zeros(b, s, s)
         for t in map_idx:
-            with torch.enable_grad():
-                x = images.detach().clone().requires_grad_(True)
-                feats = self.pooled_features(apply_transforms(x, params[t].expand(b, 3)))
-                z, logdet = self.flow(self._normalise(feats))
-                loss = nll(z, logdet)  # the map always uses L of eq. 4 (sec. 3.3) ...
-                # ... per dimension, as in training: same map up to a constant, and values stay
-                # well inside float16 (runs store maps as float16; raw L gradients overflow it)
-                (grad,) = torch.autograd.grad(loss.sum() / self.dim, x)  # rotation already undone
+            grad, z, logdet = self._input_gradient(images, params[t])
             maps += gaussian_blur(grad, c.map_sigma).abs().sum(1)  # eq. 7
-            per_t[:, t] = self._scores_from(z.detach(), logdet.detach())
+            per_t[:, t] = self._scores_from(z, logdet)
         if map_idx:
             maps /= len(map_idx)
         scores = per_t.mean(1)  # eq. 5

@@ -241,6 +241,20 @@ def nll(z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
     return 0.5 * z.pow(2).flatten(1).sum(1) - logdet
 
 
+class FlowDivergedError(ValueError):
+    """Training produced a loss that is not finite; the message suggests what to change."""
+
+
+def check_finite_loss(loss: torch.Tensor, epoch: int, lr: float) -> None:
+    """Stop training at the first NaN or infinite loss, with advice, instead of finishing
+    the epochs and failing much later on NaN scores. ``loss`` is a scalar tensor."""
+    if not torch.isfinite(loss):
+        raise FlowDivergedError(
+            f"the flow diverged in epoch {epoch + 1}: the training loss is {loss.item()}. "
+            f"Lower the learning rate (now lr={lr:g}; try --set lr={lr / 10:g}), or standardise "
+            "the features (--set standardize=true) where the method has that switch")
+
+
 def log_likelihood(z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
     """The exact ``log p_Y(y) = -nll - 0.5 * D * log(2 pi)`` per sample, ``[N]``, with ``D = z[0].numel()``.
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
+import math
 import random
+import types
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -41,6 +45,34 @@ class MethodConfig:
 
     # Per-budget overrides of the fields above; subclasses fill these in.
     BUDGETS: ClassVar[dict[str, dict[str, Any]]] = {"quick": {}, "full": {}}
+    # Inclusive (low, high) of numeric fields (of each item for tuples). Subclasses add theirs;
+    # a value outside is refused when the config is built, before any image is read.
+    LIMITS: ClassVar[dict[str, tuple[Any, Any]]] = {
+        "image_size": (32, 2048), "seed": (0, 2**63 - 1), "batch_size": (1, 4096),
+        "val_fraction": (0.0, 0.9), "threshold_quantile": (0.5, 1.0),
+        "max_train_images": (1, 10_000_000),
+    }
+
+    def __post_init__(self):
+        """Check every field's type and range (``LIMITS``); ConfigError names the field.
+
+        Values come from ``--set``, the dashboard's form and config.json, so they may be
+        strings where numbers belong: a clear error now beats a traceback after minutes of
+        feature extraction. Ints are accepted for floats and lists for tuples.
+        """
+        hints = typing.get_type_hints(type(self))
+        limits: dict[str, tuple[Any, Any]] = {}
+        for klass in reversed(type(self).__mro__):
+            limits.update(vars(klass).get("LIMITS", {}))
+        for f in dataclasses.fields(self):
+            value = _checked(f.name, getattr(self, f.name), hints[f.name])
+            if f.name in limits and value is not None:
+                low, high = limits[f.name]
+                for item in value if isinstance(value, tuple) else (value,):
+                    if not low <= item <= high:
+                        raise ConfigError(f"{f.name}={item!r} is out of range: it must be between "
+                                          f"{low} and {high}")
+            setattr(self, f.name, value)
 
     @classmethod
     def for_budget(cls, budget: str = "quick", **overrides: Any) -> "MethodConfig":
@@ -50,7 +82,8 @@ class MethodConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides) - names
         if unknown:
-            raise ValueError(f"unknown setting(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown setting(s) for {cls.__name__}: {', '.join(sorted(unknown))} "
+                              f"(its settings: {', '.join(sorted(names))})")
         values = {**cls.BUDGETS[budget], **{k: v for k, v in overrides.items() if v is not None}}
         return cls(budget=budget, **values)
 
@@ -62,6 +95,61 @@ class MethodConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in names}
         return cls(**kwargs)
+
+
+class ConfigError(ValueError):
+    """A setting of the wrong type or out of range. The message names the setting."""
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``"key=value"`` -> ``(key, value)``, the value read as JSON where it is JSON (numbers,
+    lists -> tuples, true/false, null) and kept as text otherwise. ``--set`` and the
+    dashboard's settings field both read settings this way; the config then checks them."""
+    if "=" not in text:
+        raise ConfigError(f"a setting must be key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), tuple(value) if isinstance(value, list) else value
+
+
+def _checked(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the type ``hint`` names (int, float, bool, str, tuples, ``X | None``)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        kinds = [a for a in args if a is not type(None)]
+        return _checked(name, value, kinds[0]) if len(kinds) == 1 else value
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"{name} must be a list such as [1, 2], got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            kinds = [args[0]] * len(value)
+        elif len(args) != len(value):
+            raise ConfigError(f"{name} must have {len(args)} items, got {value!r}")
+        else:
+            kinds = list(args)
+        return tuple(_checked(f"{name}[{i}]", v, k) for i, (v, k) in enumerate(zip(value, kinds)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        whole = isinstance(value, float) and value.is_integer()  # JSON reads 1e3 as a float
+        if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) or whole):
+            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                or not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{name} must be text, got {value!r}")
+    return value
 
 
 @dataclass

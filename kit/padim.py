@@ -40,6 +40,10 @@ class PadimConfig(MethodConfig):
         "quick": {},  # one pass either way: the quick budget differs only in the data you give it
         "full": {},
     }
+    LIMITS: ClassVar[dict[str, tuple[Any, Any]]] = {
+        "n_features": (1, 100_000), "eps": (1e-12, 1e6), "blur_sigma": (0.0, 100.0),
+        "fit_batch_size": (1, 4096),
+    }
 
 
 @register

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,9 +25,10 @@ from tqdm.auto import tqdm
 
 import kit
 from kit import metrics as M
-from kit.data import Category, ImageSet, Sample, find_category, split_train_val, subsample
+from kit.data import (Category, DataWarning, ImageSet, Sample, check_masks, find_category,
+                      split_train_val, subsample)
 from kit.method import AnomalyMethod, make_method, method_class, seed_everything
-from kit.runstore import RunError, load_run, write_run
+from kit.runstore import RunError, check_run_target, load_run, write_run
 
 EMBED_TEST = 240  # test images whose features are stored for the embedding plots
 EMBED_NORMAL = 120  # training (defect-free) images stored likewise
@@ -45,9 +47,22 @@ def score_samples(method: AnomalyMethod, samples: list[Sample], progress: bool =
                   desc: str = "scoring") -> Scored:
     """Run ``method.predict`` over samples in batches; time only the prediction itself."""
     images = ImageSet(samples, method.config.image_size)
-    images.tensor(progress=progress, desc=f"{desc}: loading")
+    return score_images(method, images.tensor(progress=progress, desc=f"{desc}: loading"),
+                        progress, desc)
+
+
+def score_images(method: AnomalyMethod, images: torch.Tensor, progress: bool = False,
+                 desc: str = "scoring") -> Scored:
+    """:func:`score_samples` of decoded images, uint8 ``[N, 3, S, S]`` at the method's size.
+
+    No no-grad or inference-mode context around ``predict``: each method picks its own
+    (DifferNet's gradient maps need autograd). The dashboard scores uploads through here, so
+    an upload gets exactly the score its run would give the same pixels.
+    """
     scores, maps, seconds = [], [], 0.0
-    for batch in images.batches(method.config.batch_size, progress=progress, desc=desc):
+    step = method.config.batch_size
+    for first in progress_bar(range(0, len(images), step), desc, progress):
+        batch = images[first:first + step].float() / 255.0
         start = time.perf_counter()
         pred = method.predict(batch)
         seconds += time.perf_counter() - start
@@ -127,9 +142,15 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
     """
     stage = on_stage or (lambda name, fraction: None)
     stage("reading data", 0.0)
+    # Everything that can be refused is checked before the fit, never after it: the run
+    # folder, the settings, the data layout and every mask.
+    out_dir = check_run_target(out_dir, overwrite)
     data_root = Path(data_root).resolve()  # runs store absolute image paths
     overrides = dict(overrides or {})
+    method_class(method_name).config_cls.for_budget(budget, seed=seed, **overrides)
     cat = find_category(data_root, category)
+    cat.warnings = check_masks(cat, progress)
+    warn_left_out(cat)
     seed_everything(seed)
     method = make_method(method_name, budget, seed=seed, **overrides)
     cfg = method.config
@@ -195,6 +216,18 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
     return path
 
 
+def warn_left_out(cat: Category, shown: int = 10) -> None:
+    """One DataWarning naming the defect images the pixel metrics leave out, if any."""
+    if not cat.warnings:
+        return
+    more = len(cat.warnings) - shown
+    lines = cat.warnings[:shown] + ([f"... and {more} more (config.json: data_warnings)"]
+                                    if more > 0 else [])
+    warnings.warn(f"{len(cat.warnings)} defect image(s) of {cat.root / cat.name} count for the "
+                  "image metrics but are left out of the pixel metrics:\n  " + "\n  ".join(lines),
+                  DataWarning, stacklevel=3)
+
+
 def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))  # tuples -> lists, as in config.json
 
@@ -219,11 +252,19 @@ def restore_method(run_dir: Path | str) -> AnomalyMethod:
     """Rebuild a run's method from its checkpoint (``weights_only=True``)."""
     run = load_run(run_dir)
     ckpt = run.checkpoint()
+    if not {"method", "config", "state"} <= set(ckpt) or not isinstance(ckpt["config"], dict):
+        raise RunError(f"{run.path / 'checkpoint.pt'}: not a run checkpoint (expected method, "
+                       "config and state)")
     cls = method_class(ckpt["method"])
     config = cls.config_cls.from_dict(ckpt["config"])
     seed_everything(config.seed)  # same seed as at fit time: untrained ("none") backbones match too
     method = cls(config)
-    method.load_state_dict(ckpt["state"])
+    try:
+        method.load_state_dict(ckpt["state"])
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RunError(f"{run.path / 'checkpoint.pt'}: its state does not fit a {ckpt['method']} "
+                       f"model with the stored config ({type(err).__name__}: {first[:300]})") from None
     return method
 
 

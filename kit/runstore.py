@@ -15,9 +15,12 @@ import csv
 import io
 import json
 import os
+import pickle
 import re
 import shutil
+import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -32,7 +35,14 @@ REQUIRED_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "fit_se
                     "infer_ms_per_image", "method", "backbone", "image_size", "budget", "seed",
                     "n_train", "n_test")
 SCORE_COLUMNS = ("index", "name", "path", "defect_type", "label", "score", "pixel_included")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: "$" would let a newline end it
+# What a replaced run folder may hold: the run's files and atomic_write_bytes' temporary ones.
+_TMP_FILE = re.compile(r"\.[A-Za-z0-9._-]+\.[0-9a-f]{32}\.tmp")
+# Hidden folders write_run makes beside a run: ".tmp-<name>-<pid>-<hex8>" while writing and
+# ".trash-<name>-<pid>-<hex8>" while replacing; a pid that no longer runs left them behind.
+_STAGING = re.compile(r"\.(tmp|trash)-(?P<name>.+)-(?P<pid>\d+)-[0-9a-f]{8}")
+_LEGACY_STAGING = re.compile(r"\.(tmp|trash)-.+-[0-9a-f]{8}")  # before the pid was in the name
+LEGACY_STAGING_AGE_S = 24 * 3600
 
 
 class RunError(ValueError):
@@ -45,7 +55,7 @@ def safe_run_dir(runs_root: Path | str, name: str) -> Path:
     Letters, digits, ``.``, ``_`` and ``-`` only, not starting with a dot, at most 128 chars:
     no ``..``, no slashes, no absolute paths, so a run can never land outside the root.
     """
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise RunError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' "
                        "(not starting with '.', no '..', at most 128 characters)")
     root = Path(runs_root).resolve()
@@ -53,6 +63,68 @@ def safe_run_dir(runs_root: Path | str, name: str) -> Path:
     if path.parent != root:
         raise RunError(f"run name {name!r} escapes the runs root {root}")
     return path
+
+
+def check_run_target(run_dir: Path | str, overwrite: bool = False) -> Path:
+    """Refuse, before any work, a run folder that may not be written; returns its absolute path.
+
+    A folder that exists is an error without ``overwrite``. With it, only a run folder (it
+    holds nothing but the files a run has) or an empty folder is replaced: never a folder the
+    kit did not write, such as ``--out .`` or a home directory.
+    """
+    run_dir = Path(run_dir).expanduser().absolute()
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return run_dir
+    if not overwrite:
+        raise RunError(f"{run_dir}: exists already (pass overwrite=True / --overwrite to replace it)")
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise RunError(f"{run_dir}: refusing to replace it: it is not a folder but a "
+                       f"{'link' if run_dir.is_symlink() else 'file'}")
+    cwd = Path.cwd().resolve()
+    if cwd == run_dir.resolve() or run_dir.resolve() in cwd.parents:
+        raise RunError(f"{run_dir}: refusing to replace the current folder or one above it")
+    foreign = sorted(p.name for p in run_dir.iterdir()
+                     if not (p.name in RUN_FILES and p.is_file() and not p.is_symlink())
+                     and not _TMP_FILE.fullmatch(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RunError(f"{run_dir}: refusing to replace it: it is not a run folder (it holds "
+                       f"{shown}). Only a run folder or an empty folder is replaced; choose "
+                       "another --out")
+    return run_dir
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_staging(parent: Path | str) -> list[Path]:
+    """Remove the hidden staging folders an interrupted write (SIGKILL, power cut) left in
+    ``parent``: those of a process that no longer runs, and pre-pid ones older than a day.
+    Only folders whose names write_run makes are touched. Returns what was removed."""
+    parent = Path(parent)
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for child in parent.iterdir():
+        if not child.name.startswith((".tmp-", ".trash-")) or child.is_symlink() or not child.is_dir():
+            continue
+        match = _STAGING.fullmatch(child.name)
+        if match:
+            stale = int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"]))
+        else:
+            stale = bool(_LEGACY_STAGING.fullmatch(child.name)) and \
+                time.time() - child.stat().st_mtime > LEGACY_STAGING_AGE_S
+        if stale:
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -97,16 +169,16 @@ def write_run(run_dir: Path | str, *, config: dict, metrics: dict, scores: list[
     unless their values exceed float16's range).
     features: ``{space: {"x": [n, D], "label": [n], "split": [n] str}}``.
     """
-    run_dir = Path(run_dir).resolve()
     missing = [k for k in REQUIRED_METRICS if k not in metrics]
     if missing:
         raise RunError(f"{run_dir}: metrics lack {', '.join(missing)}")
     if len(scores) != len(maps):
         raise RunError(f"{run_dir}: {len(scores)} score rows but {len(maps)} maps")
-    if run_dir.exists() and not overwrite:
-        raise RunError(f"{run_dir}: exists already (pass overwrite=True / --overwrite)")
+    run_dir = check_run_target(run_dir, overwrite)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir.parent / f".tmp-{run_dir.name}-{uuid.uuid4().hex[:8]}"
+    clean_stale_staging(run_dir.parent)
+    stamp = f"{run_dir.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = run_dir.parent / f".tmp-{stamp}"
     tmp.mkdir()
     try:
         (tmp / "config.json").write_bytes(_json_bytes(config))
@@ -127,7 +199,7 @@ def write_run(run_dir: Path | str, *, config: dict, metrics: dict, scores: list[
         np.savez_compressed(tmp / "features.npz", **arrays)
         torch.save(checkpoint, tmp / "checkpoint.pt")
         if run_dir.exists():  # overwrite: move the old run aside first, then drop it
-            trash = run_dir.parent / f".trash-{run_dir.name}-{uuid.uuid4().hex[:8]}"
+            trash = run_dir.parent / f".trash-{stamp}"
             os.replace(run_dir, trash)
             os.replace(tmp, run_dir)
             shutil.rmtree(trash, ignore_errors=True)
@@ -194,7 +266,22 @@ class Run:
         return out
 
     def checkpoint(self) -> dict:
-        return torch.load(self.path / "checkpoint.pt", map_location="cpu", weights_only=True)
+        """The checkpoint, loaded with ``weights_only=True`` (tensors and plain values only).
+
+        RunError names the file when it is truncated, tampered with or holds objects other
+        than those (a pickle payload is refused, never run)."""
+        path = self.path / "checkpoint.pt"
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
+                ValueError, KeyError, AttributeError, TypeError, IndexError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RunError(f"{path}: unreadable checkpoint, truncated, tampered with or not "
+                           f"written by the kit ({type(err).__name__}: {first[:300]})") from None
+        if not isinstance(ckpt, dict):
+            raise RunError(f"{path}: not a kit checkpoint (it holds a {type(ckpt).__name__}, "
+                           "not a dict)")
+        return ckpt
 
 
 def load_run(run_dir: Path | str) -> Run:
@@ -211,7 +298,10 @@ def load_run(run_dir: Path | str) -> Run:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RunError(f"{path}: broken run, unreadable JSON ({err})") from None
     if not isinstance(config, dict) or "method" not in config:
-        raise RunError(f"{path}: broken run, config.json has no 'method'")
+        raise RunError(f"{path}: broken run, config.json is not an object with a 'method'")
+    if not isinstance(metrics, dict):
+        raise RunError(f"{path}: broken run, metrics.json is not an object "
+                       f"(it holds {type(metrics).__name__})")
     lacking = [k for k in REQUIRED_METRICS if k not in metrics]
     if lacking:
         raise RunError(f"{path}: broken run, metrics.json lacks {', '.join(lacking)}")

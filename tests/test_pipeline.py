@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from fixtures_runs import tiny_overrides
 from kit.cli import main
+from kit.method import load_methods
 from kit.pipeline import rescore_run, restore_method, run_experiment, run_is_current
 from kit.runstore import RUN_FILES, load_run
 
@@ -88,6 +90,23 @@ def test_cli_fit_list_eval(toy_root, tmp_path, capsys):
     assert "cli_run" in capsys.readouterr().out
     assert main(["eval", str(out), "--quiet"]) == 0
     assert "largest difference: 0.00e+00" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", sorted(load_methods()))
+def test_cli_fit_list_eval_with_every_method(method, toy_root, tmp_path, capsys):
+    """Every registered method through the command line: fit, list, then eval re-scores the
+    checkpoint to the stored metrics."""
+    out = tmp_path / "runs" / f"cli_{method}"
+    settings = [f"--set={k}={json.dumps(list(v) if isinstance(v, tuple) else v)}"
+                for k, v in tiny_overrides(method).items()]
+    assert main(["fit", "--method", method, "--data-root", str(toy_root), "--category", "toy",
+                 "--out", str(out), "--quiet", *settings]) == 0
+    assert load_run(out).method == method
+    assert main(["list", str(tmp_path / "runs")]) == 0
+    assert f"cli_{method}" in capsys.readouterr().out
+    assert main(["eval", str(out), "--quiet"]) == 0
+    worst = float(capsys.readouterr().out.strip().splitlines()[-1].split()[-1])
+    assert worst < 1e-4, f"{method}: re-scored metrics differ by {worst}"
 
 
 def test_cli_bad_inputs_give_one_clear_line(toy_root, tmp_path, capsys):
