@@ -115,11 +115,12 @@ def bench_browser(runs_root: Path) -> dict[str, float]:
     import urllib.request
 
     import test_app_browser as B
+    from fixtures_server import free_port
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
-    port = B._free_port()
+    port = free_port()
     tmp = Path(tempfile.mkdtemp())
     env = {**os.environ, "KIT_RUNS_ROOT": str(runs_root)}
     server = subprocess.Popen(

@@ -55,3 +55,20 @@ def cache_dir() -> Path:
     """Feature and download cache: ``KIT_CACHE_DIR`` or ``<repo>/.cache``."""
     env = os.environ.get("KIT_CACHE_DIR")
     return Path(env).expanduser() if env else REPO_ROOT / ".cache"
+
+
+def python_command() -> str:
+    """How a user should call this Python in a shell, for commands the kit prints.
+
+    ``.venv/bin/python`` when the running interpreter is the project's venv (``make setup``):
+    a bare ``python`` there is usually the system one, without torch or the kit.
+    """
+    import sys
+
+    exe = Path(sys.executable)
+    venv = REPO_ROOT / ".venv"
+    try:
+        exe.relative_to(venv)
+    except ValueError:
+        return "python"
+    return ".venv/bin/python"

@@ -1,7 +1,9 @@
 """The dashboard through Streamlit's AppTest: every page, the failure cases, first start.
 
-Runs are made once for the file on a generated toy dataset (untrained backbone, 64 px), so
-the whole file stays within a couple of minutes on 2 cores.
+Runs are made once for the file on a generated toy dataset (untrained backbone, 64 px): two
+PaDiM runs and a tiny run of every other registered method, so that every page is run with
+every method's runs and the next method cannot break a page unnoticed. The whole file stays
+within a couple of minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import io
 import json
 import shutil
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -19,13 +22,17 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import kit.method
-from fixtures_runs import TOY, broken_run, moved_run, toy_runs
-from kit.app import common
-from kit.method import Ablation, AblationVariant
+from fixtures_runs import TINY, TOY, broken_run, moved_run, toy_runs
+from kit.app import common, try_it
+from kit.method import Ablation, AblationVariant, load_methods
 from kit.padim import Padim
 from kit.paths import REPO_ROOT
+from kit.pipeline import restore_method
+from kit.runstore import load_run
 
 APP = str(REPO_ROOT / "app.py")
+METHODS = sorted(load_methods())
+VENV_PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +104,23 @@ def png_header_only(width: int, height: int) -> bytes:
 # Compare
 # ---------------------------------------------------------------------------------------------
 
+def test_every_registered_method_has_tiny_settings():
+    missing = sorted(set(METHODS) - set(TINY))
+    assert not missing, f"add tiny settings for {missing} to TINY in tests/fixtures_runs.py"
+
+
 def test_compare_shows_image_truth_maps_and_overlays(toy):
     at = start()
     assert at.title[0].value == "Compare runs on one test image"
     assert any("broken run" in w.value for w in at.sidebar.warning), "broken folder not reported"
-    assert at.multiselect(key="pick_runs").value == [str(toy["a"]), str(toy["b"])]
+    same_data = sorted({toy["a"], toy["b"], *toy["methods"].values()}, key=lambda p: p.name)
+    assert at.multiselect(key="pick_runs").value == [str(p) for p in same_data][:common.MAX_DEFAULT_RUNS]
+
+    at.multiselect(key="pick_runs").set_value([str(p) for p in toy["methods"].values()]).run()
+    assert_clean(at)
     shown = charts(at)
-    assert {"cmp_map_padim_toy_a", "cmp_overlay_padim_toy_a",
-            "cmp_map_padim_toy_b", "cmp_overlay_padim_toy_b"} <= shown
+    for run in toy["methods"].values():  # every method's map and overlay
+        assert {f"cmp_map_{run.name}", f"cmp_overlay_{run.name}"} <= shown, run.name
     assert len(at.image) == 2  # the test image and its ground truth
     assert "pixel threshold" in texts(at) and "median normal pixel" in texts(at)
 
@@ -115,8 +131,64 @@ def test_compare_shows_image_truth_maps_and_overlays(toy):
     assert "defect type **good**" in texts(at)
 
 
+def shown_image(at: AppTest) -> str:
+    """The image the Compare page shows: the name in its header "**<name>** · defect type ..."."""
+    header = next(m.value for m in at.markdown if m.value.startswith("**") and " · defect type " in m.value)
+    return header.split("**")[1]
+
+
+def picker_label(at: AppTest, before: str) -> str:
+    """The label a browser's "Test image" picker shows after a run. Streamlit sends a value
+    only where the server changed it (``set_value``); else the browser keeps ``before``, the
+    label it showed (the user's last pick)."""
+    proto = at.selectbox(key="cmp_image").proto
+    return proto.raw_value if proto.set_value else before
+
+
+def test_compare_picker_names_the_image_on_screen(toy):
+    """Filters, sorting and a new choice of runs change the picker's options and labels; the
+    picker must go on naming the image on screen (it used to keep naming the old one)."""
+    at = start()
+    runs = [toy["a"], toy["b"], *(r for m, r in toy["methods"].items() if r != toy["a"])]
+    at.multiselect(key="pick_runs").set_value([str(r) for r in runs]).run()
+    options = at.selectbox(key="cmp_image").options
+    right = next(o for o in options if "⚠️" not in o)  # no run errs on it: "Only mistakes" hides it
+    seen = right
+    at.selectbox(key="cmp_image").set_value(name(right)).run()
+
+    def check(step: str) -> None:
+        nonlocal seen
+        assert_clean(at)
+        seen = picker_label(at, seen)
+        assert name(seen) == shown_image(at) == at.selectbox(key="cmp_image").value, step
+
+    check("picked")
+    at.checkbox(key="cmp_mistakes").check().run()
+    check("only mistakes")
+    assert shown_image(at) != name(right)
+    at.selectbox(key="cmp_sort").set_value("score: highest first").run()
+    check("sorted by score")
+    at.selectbox(key="cmp_sort_run").set_value(runs[-1].name).run()
+    check("sorted by another run's score")
+    at.checkbox(key="cmp_mistakes").uncheck().run()
+    check("all images again")
+
+    # an image whose label names a run's mistake: dropping that run relabels it
+    options = at.selectbox(key="cmp_image").options
+    wrong = next((o for o in options if any(f" {r.name}" in o for r in runs[1:])), None)
+    assert wrong, f"the toy runs {[r.name for r in runs[1:]]} make no mistake: no label to change"
+    dropped = next(r for r in runs[1:] if f" {r.name}" in wrong)
+    seen = wrong
+    at.selectbox(key="cmp_image").set_value(name(wrong)).run()
+    check("picked a mistake")
+    at.multiselect(key="pick_runs").set_value([str(r) for r in runs if r != dropped]).run()
+    check("relabelled")
+    assert shown_image(at) == name(wrong), "the choice was lost with the new labels"
+
+
 def test_compare_filters_sorts_and_flags(toy):
     at = start()
+    at.multiselect(key="pick_runs").set_value([str(toy["a"]), str(toy["b"])]).run()
     at.multiselect(key="cmp_types").set_value(["crack"]).run()
     assert all(o.startswith("crack/") for o in at.selectbox(key="cmp_image").options)
 
@@ -161,21 +233,31 @@ def test_compare_survives_moved_data(toy):
 def test_curves_page(toy):
     at = start("curves")
     assert at.title[0].value == "Curves and metrics"
+    runs = [toy["b"], *toy["methods"].values()]
+    at.multiselect(key="pick_runs").set_value([str(r) for r in runs]).run()
+    assert_clean(at)
     table = at.dataframe[0].value
-    assert list(table["run"]) == ["padim_toy_a", "padim_toy_b"]
-    assert table["image AUROC"].notna().all()
+    ours = table[table["source"] == "ours"]
+    assert sorted(ours["run"]) == sorted(r.name for r in runs)
+    assert ours["image AUROC"].notna().all()
+    declared = {n for n in toy["methods"] if load_methods()[n].paper_results}
+    assert set(table.loc[table["source"] != "ours", "method"]) == declared  # the papers' rows
     assert {"curve_image_roc", "curve_image_pr", "curve_pixel_roc", "curve_pro",
-            "hist_padim_toy_a", "hist_padim_toy_b"} <= charts(at)
+            *(f"hist_{r.name}" for r in runs)} <= charts(at)
 
 
 # ---------------------------------------------------------------------------------------------
 # Feature space
 # ---------------------------------------------------------------------------------------------
 
-def test_feature_space_page(toy, tmp_path):
+@pytest.mark.parametrize("method", METHODS)
+def test_feature_space_page(toy, tmp_path, method):
     at = start("features", timeout=180)  # the first UMAP of a fresh install compiles numba code
     assert at.title[0].value == "Feature spaces"
-    assert {"fs_tsne_source", "fs_umap_source"} <= charts(at)
+    at.selectbox(key="pick_run").set_value(str(toy["methods"][method])).run()
+    assert_clean(at)
+    spaces = load_methods()[method].feature_spaces  # e.g. a flow's latent space beside the source
+    assert {f"fs_{a}_{s}" for a in ("tsne", "umap") for s in spaces} <= charts(at)
     body = texts(at)
     assert "perplexity" in body and "n_neighbors" in body and "seed 0" in body
     assert "one round blob" in body  # the flow-latent caveat
@@ -223,6 +305,25 @@ def test_ablations_page_with_a_registered_fake_method(toy, tmp_path, monkeypatch
     assert "--tag variant=A" not in code.split("toyabl")[-1]  # A has a run: not listed as missing
 
 
+@pytest.mark.parametrize("executable,python", [
+    pytest.param(VENV_PYTHON, ".venv/bin/python", id="project-venv"),
+    pytest.param(Path("/usr/bin/python3"), "python", id="other-python"),
+])
+def test_printed_commands_name_the_python_to_use(executable, python, tmp_path, monkeypatch):
+    """Commands the app prints work as written: the project's venv when the app runs from it
+    (a bare `python` there is usually the system one, without the kit)."""
+    monkeypatch.setattr(sys, "executable", str(executable))
+    at = start("ablations")
+    commands = [line for c in at.code for line in c.value.splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert commands, "no command printed (no registered method declares an ablation?)"
+    assert all(line.startswith(f"{python} -m kit ") or line.startswith(f"{python} -c ")
+               for line in commands), commands
+    monkeypatch.setenv("KIT_RUNS_ROOT", str(tmp_path / "no_runs"))
+    at = start("try_it")  # the first-start help, shown by every page
+    assert f"{python} -m kit demo" in texts(at) and f"`{python} -m kit fit " in texts(at)
+
+
 def test_ablations_page_without_ablations(monkeypatch):
     monkeypatch.setattr(kit.method, "METHODS", {"padim": Padim})
     at = start("ablations")
@@ -237,12 +338,31 @@ def test_try_it_scores_an_upload_with_every_run(toy):
     at = start("try_it")
     assert any("broken run" in w.value for w in at.warning)
     at.selectbox(key="try_category").set_value("toy").run()
-    image = np.asarray(Image.open(next((toy["data"] / "toy" / "test" / "crack").glob("*.png"))))
-    at.file_uploader(key="try_upload").set_value(("crack.png", png_bytes(image), "image/png")).run()
+    path = sorted((toy["data"] / "toy" / "test" / "crack").glob("*.png"))[0]
+    at.file_uploader(key="try_upload").set_value(("crack.png", png_bytes(np.asarray(Image.open(path))),
+                                                  "image/png")).run()
     assert_clean(at)
-    assert {"try_map_padim_toy_a", "try_overlay_padim_toy_a", "try_overlay_padim_toy_b",
-            "try_overlay_moved_data_run"} <= charts(at)
-    assert "scored by 3 run(s)" in texts(at)
+    assert not [w.value for w in at.warning if "cannot score" in w.value]
+    runs = {toy["a"], toy["b"], *toy["methods"].values(), toy["runs"] / "moved_data_run"}
+    assert {f"try_{kind}_{r.name}" for r in runs for kind in ("map", "overlay")} <= charts(at)
+    assert f"scored by {len(runs)} run(s)" in texts(at)
+    for run in toy["methods"].values():  # the score the run gave this very image when it was made
+        stored = next(r["score"] for r in load_run(run).scores if r["name"] == f"crack/{path.name}")
+        assert f"**{run.name}** · score {stored:.4g} " in texts(at), run.name
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_try_it_scores_as_the_pipeline(toy, method):
+    """An uploaded test image gets the score and map its run stored for it (kit.pipeline)."""
+    run = load_run(toy["methods"][method])
+    row = next(r for r in run.scores if r["label"])
+    score, amap, small = try_it.score_image(restore_method(run.path),
+                                            try_it.read_upload(Path(row["path"]).read_bytes()))
+    size = run.config["method_config"]["image_size"]
+    assert small.shape == (size, size, 3)
+    assert score == pytest.approx(row["score"], rel=1e-5)
+    np.testing.assert_allclose(amap, run.maps[int(row["index"])].astype(np.float32), rtol=2e-3,
+                               atol=1e-3 * float(np.abs(amap).max()))
 
 
 @pytest.mark.parametrize("name,data,message", [
@@ -295,9 +415,10 @@ def test_first_start_explains_and_makes_demo_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("KIT_RUNS_ROOT", str(runs))
     monkeypatch.setattr(common, "DEMO_OVERRIDES", dict(TOY))
     monkeypatch.setattr(common, "DEMO_METHODS", ["padim"])
+    monkeypatch.setattr(sys, "executable", str(VENV_PYTHON))
     at = start()
     body = texts(at)
-    assert "No runs yet" in body and "make demo" in body and "python -m kit demo" in body
+    assert "No runs yet" in body and "make demo" in body and ".venv/bin/python -m kit demo" in body
     for page in ("curves", "features"):  # the other run-based pages say the same
         at.switch_page(f"kit/app/{page}.py").run()
         assert_clean(at)

@@ -19,7 +19,7 @@ import streamlit as st
 from kit import plots
 from kit.app import common
 from kit.method import Ablation, AblationVariant, load_methods
-from kit.paths import DEFAULT_CATEGORY, REPO_ROOT
+from kit.paths import DEFAULT_CATEGORY, REPO_ROOT, python_command
 from kit.runstore import Run
 
 
@@ -69,28 +69,31 @@ def _run_name(method: str, ablation: str, variant: str) -> str:
 def commands(method: str, ablation: Ablation, missing: list[AblationVariant], category: str,
              runs_root: Path) -> str:
     """Shell commands that make the missing runs, tagged so this page finds them: one
-    ``python -m kit ablation`` line for all of them, then one ``fit`` line per variant."""
+    ``python -m kit ablation`` line for all of them, then one ``fit`` line per variant; run from
+    the project folder with the project's Python (:func:`kit.paths.python_command`)."""
     options = _fit_options()
+    python = python_command()
     root = _shown_path(runs_root)
     lines = []
     if "ablation" in options:
         labels = " ".join(shlex.quote(v.label) for v in missing)
         lines += ["# all missing variants at once (quick budget; add --seeds 0 1 2 for spreads):",
-                  f"python -m kit ablation {method} {ablation.name} --category {shlex.quote(category)} "
+                  f"{python} -m kit ablation {method} {ablation.name} --category {shlex.quote(category)} "
                   f"--runs-root {shlex.quote(root)} --variants {labels}", "", "# or one at a time:"]
     for v in missing:
         sets = [f"--set {shlex.quote(f'{k}={_value(x)}')}" for k, x in v.overrides.items()]
         tags = {"ablation": ablation.name, "variant": v.label}
         out = shlex.quote(str(Path(root) / _run_name(method, ablation.name, v.label)))
         if "--tag" in options:
-            lines.append(" ".join([f"python -m kit fit --method {method} --category {shlex.quote(category)}",
-                                   *sets, *[f"--tag {shlex.quote(f'{k}={t}')}" for k, t in tags.items()],
+            lines.append(" ".join([f"{python} -m kit fit --method {method}",
+                                   f"--category {shlex.quote(category)}", *sets,
+                                   *[f"--tag {shlex.quote(f'{k}={t}')}" for k, t in tags.items()],
                                    f"--out {out}"]))
         else:  # an older CLI without --tag: the Python call does the same
             code = (f"from kit.pipeline import run_experiment; from kit.paths import default_data_root; "
                     f"run_experiment({method!r}, default_data_root(), {category!r}, {out!r}, "
                     f"overrides={v.overrides!r}, tags={tags!r})")
-            lines.append(f"python -c {shlex.quote(code)}")
+            lines.append(f"{python} -c {shlex.quote(code)}")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ import streamlit as st
 
 from kit.data import Category, DataError, Sample, find_category, read_image, read_mask
 from kit.embedding import run_stamp
-from kit.paths import DEFAULT_CATEGORY, REPO_ROOT, SAMPLE_ROOT, default_runs_root
+from kit.paths import DEFAULT_CATEGORY, REPO_ROOT, SAMPLE_ROOT, default_runs_root, python_command
 from kit.plots import MapScale
 from kit.runstore import Run, RunError, list_runs, load_run
 
@@ -170,10 +170,19 @@ def run_label(run: Run) -> str:
     return f"{run.name} [{run.method}, {m.get('backbone', '?')}, {m.get('image_size', '?')}px]"
 
 
-def keep_valid(key: str, options: list) -> None:
-    """Drop a remembered choice that is no longer offered (a run was deleted, another
-    dataset was picked, ...), so the widget falls back to its default instead of failing."""
-    if key in st.session_state and st.session_state[key] not in options:
+def keep_valid(key: str, options: list, fallback: Any = None) -> None:
+    """Replace a remembered choice that is no longer offered (a run was deleted, another
+    dataset was picked, a filter hid it) by ``fallback`` when offered, else the first option.
+
+    Set before the widget is drawn. Assigning, not deleting the key: after a delete the
+    server used the default but never told the browser, whose picker went on naming the
+    old choice while the page showed another.
+    """
+    if key not in st.session_state or st.session_state[key] in options:
+        return
+    if options:
+        st.session_state[key] = fallback if fallback in options else options[0]
+    else:
         del st.session_state[key]
 
 
@@ -306,11 +315,12 @@ def demo_jobs(root: Path, methods: list[str] | None = None) -> list[dict[str, An
 
 def first_start(root: Path) -> None:
     """What to show when the runs root holds no run yet: how to make runs, or make them here."""
+    python = python_command()
     st.info(f"No runs yet under `{root}`. Make quick ones on the embedded Magnetic Tile sample "
-            "from a terminal:\n\n"
-            "```\nmake demo            # or: python -m kit demo\n```\n\n"
-            "or one run of your choice: `python -m kit fit --method padim --category magnetic_tile`; "
-            "or press the button below (a few minutes on 2 CPU cores).")
+            "from a terminal, in the project folder:\n\n"
+            f"```\nmake demo            # or: {python} -m kit demo\n```\n\n"
+            f"or one run of your choice: `{python} -m kit fit --method padim --category "
+            "magnetic_tile`; or press the button below (a few minutes on 2 CPU cores).")
     if st.button("Make quick demo runs on the embedded sample", key="make_demo", type="primary"):
         try:
             run_jobs(demo_jobs(root), label="demo run")

@@ -43,16 +43,18 @@ def _mistakes(row: pd.Series, runs: list[Run]) -> list[str]:
 
 def filtered_table(table: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
     """The filter / sort widgets applied to :func:`image_table`."""
-    cols = st.columns([2, 2, 2, 1])
+    # two rows: in one, a 1280 px window cut the defect types ("brea…") and "Only mista…"
+    top = st.columns([3, 1], vertical_alignment="bottom")
     types = sorted(table["defect type"].unique(), key=lambda t: (t != "good", t))
     common.keep_valid_many("cmp_types", types, default=types)
-    chosen_types = cols[0].multiselect("Defect types", types, key="cmp_types")
-    sort = cols[1].selectbox("Order", SORTS, key="cmp_sort")
+    chosen_types = top[0].multiselect("Defect types", types, key="cmp_types")
+    only_mistakes = top[1].checkbox("Only mistakes", key="cmp_mistakes",
+                                    help="false positives or false negatives of any chosen run")
+    cols = st.columns(2)
+    sort = cols[0].selectbox("Order", SORTS, key="cmp_sort")
     common.keep_valid("cmp_sort_run", [r.name for r in runs])
-    sort_run = cols[2].selectbox("Score of run", [r.name for r in runs], key="cmp_sort_run",
+    sort_run = cols[1].selectbox("Score of run", [r.name for r in runs], key="cmp_sort_run",
                                  disabled=sort == SORTS[0])
-    only_mistakes = cols[3].checkbox("Only mistakes", key="cmp_mistakes",
-                                     help="false positives or false negatives of any chosen run")
     out = table[table["defect type"].isin(chosen_types)]
     if only_mistakes:
         wrong = out[[f"verdict · {r.name}" for r in runs]].isin(["FP", "FN"]).any(axis=1)
@@ -149,9 +151,12 @@ def image_viewer(runs: list[Run], shown: pd.DataFrame, total: int) -> None:
     for _, r in shown.iterrows():
         wrong = _mistakes(r, runs)
         labels[r["image"]] = r["image"] + ("  ⚠️ " + ", ".join(wrong) if wrong else "")
-    common.keep_valid("cmp_image", list(labels))
+    # Labels name the chosen runs' mistakes, so a new choice of runs relabels the options and
+    # the browser's old label matches none: fall back to the image on screen, not the first.
+    common.keep_valid("cmp_image", list(labels), fallback=st.session_state.get("cmp_image_shown"))
     name = st.selectbox(f"Test image ({len(shown)} of {total})", list(labels),
                         format_func=labels.get, key="cmp_image")
+    st.session_state["cmp_image_shown"] = name
     show_image(runs, shown[shown["image"] == name].iloc[0])
     with st.expander("Image list (scores and verdicts of every chosen run)"):
         st.dataframe(shown, hide_index=True, key="cmp_table")

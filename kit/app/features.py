@@ -73,14 +73,17 @@ def render() -> None:
         st.warning(f"{run.name} stores no feature samples.")
         return
 
-    cols = st.columns([3, 3, 2, 3, 2])
+    # knobs in one row, display choices in another: in one row of five, a 1280 px window cut
+    # "Training images" and wrapped the colour choices
+    cols = st.columns([3, 3, 2])
     perplexity = cols[0].slider("t-SNE perplexity", 2, 50, 30, key="fs_perplexity")
     n_neighbors = cols[1].slider("UMAP n_neighbors", 2, 50, 15, key="fs_neighbors")
     seed = int(cols[2].number_input("Seed", 0, 10_000, 0, key="fs_seed"))
-    color_by = cols[3].radio("Colour", ("label", "defect_type"), key="fs_color", horizontal=True,
+    cols = st.columns([3, 2], vertical_alignment="bottom")
+    color_by = cols[0].radio("Colour", ("label", "defect_type"), key="fs_color", horizontal=True,
                              format_func={"label": "normal vs defective",
                                           "defect_type": "defect type"}.get)
-    show_train = cols[4].checkbox("Training images", value=True, key="fs_train",
+    show_train = cols[1].checkbox("Training images", value=True, key="fs_train",
                                   help="defect-free training images, drawn hollow")
 
     names = list(spaces)

@@ -8,7 +8,6 @@ open, at most 64 megapixels. Bad input gives a message, never a traceback.
 from __future__ import annotations
 
 import io
-import json
 import warnings
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from kit import plots
 from kit.app import common
-from kit.data import DataError, list_categories, to_tensor
+from kit.data import DataError, list_categories, rgb8
 from kit.embedding import run_stamp
 from kit.paths import SAMPLE_ROOT, default_data_root
 from kit.runstore import RunError, safe_run_dir
@@ -44,7 +43,7 @@ def read_upload(data: bytes) -> np.ndarray:
                 if img.width * img.height > MAX_UPLOAD_PIXELS:
                     raise UploadError(f"image too large: {img.width}x{img.height} pixels (limit 64 MP)")
                 img.load()
-                return np.array(img.convert("RGB"), dtype=np.uint8)
+                return rgb8(img)  # 16-bit images scaled, not clipped to white
     except UploadError:
         raise
     except Image.DecompressionBombError:  # PIL's own limit (about 179 MP), hit while opening
@@ -65,14 +64,16 @@ def get_method(path: str, stamp: int):
 
 def score_image(method, rgb: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """``(image score, map [S, S], image [S, S, 3] uint8)`` of one RGB ``[H, W, 3]`` image,
-    squashed to ``S x S`` exactly as kit.data.read_image does for the run's own images."""
+    squashed to ``S x S`` as kit.data.read_image does and scored by kit.pipeline.score_images,
+    as the run's own test images were."""
     import torch
+
+    from kit.pipeline import score_images
 
     size = method.config.image_size
     small = np.array(Image.fromarray(rgb).resize((size, size), Image.BILINEAR), dtype=np.uint8)
-    with torch.inference_mode():
-        pred = method.predict(to_tensor(small)[None])
-    return float(pred.image_scores[0]), pred.anomaly_maps[0].float().cpu().numpy(), small
+    scored = score_images(method, torch.from_numpy(small).permute(2, 0, 1)[None].contiguous())
+    return float(scored.scores[0]), scored.maps[0], small
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -125,18 +126,10 @@ def score_section(runs) -> None:
 
 
 def _parse_settings(text: str) -> dict:
-    """``key=value key2=value2`` -> dict, values parsed as JSON when possible (as ``--set``)."""
-    out = {}
-    for item in text.split():
-        if "=" not in item:
-            raise ValueError(f"settings must be key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key.strip()] = tuple(value) if isinstance(value, list) else value
-    return out
+    """``key=value key2=value2`` -> dict, each read as ``--set`` reads it."""
+    from kit.method import parse_setting
+
+    return dict(parse_setting(item) for item in text.split())
 
 
 def train_section() -> None:
