@@ -1,7 +1,8 @@
-"""Download MVTec AD (or another archive in MVTec layout) through pooch, checked by sha256.
+"""Download MVTec AD, Magnetic Tile Defects (or another archive) through pooch, checked by sha256.
 
     python -m kit.download mvtec --dest ~/data
     python -m kit.download mvtec --dest ~/data --url https://my.mirror/mvtec_anomaly_detection.tar.xz
+    python -m kit.download mtd --dest ~/data      # -> ~/data/mtd/magnetic_tile, DifferNet's split
 
 Steps, and why each is there:
 
@@ -17,6 +18,12 @@ Steps, and why each is there:
    the unpacked tree holds at least one category in MVTec layout is the staging folder renamed
    to ``<dest>/<folder>``; on any failure it is deleted, so a half-extracted folder is never
    mistaken for data by step 1.
+5. Archives that are not in MVTec layout themselves (Magnetic Tile Defects: a GitHub snapshot,
+   ``MT_<Defect>/Imgs/<name>.jpg`` + ``<name>.png``) have a ``layout`` step: the unpacked tree
+   goes to a second hidden folder and each file the layout uses is checked against a sha256
+   manifest shipped in ``kit/splits/`` and moved into the staging folder of step 4. GitHub
+   builds its archives on the fly, so they are not byte-stable and have no digest to pin; the
+   per-file digests pin the data instead, and a mismatch or a missing file is refused by name.
 
 Other archives: pass a :class:`DatasetEntry` to :func:`download_dataset`, or add it to
 ``DATASETS`` with :func:`register_dataset` so the command line knows it too.
@@ -37,7 +44,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -77,6 +84,10 @@ class DatasetEntry:
     root_in_archive: str = ""  # path of the category-holding folder inside the unpacked tree
     filename: str = ""  # name of the cached archive; default: last part of the URL path
     description: str = ""
+    # layout(unpacked, staging, progress) -> provenance dict: builds the MVTec layout in
+    # ``staging`` from the unpacked archive, checking every file it uses (DataError otherwise).
+    # Such an entry needs no archive sha256: the per-file check stands in for it.
+    layout: Callable[[Path, Path, bool], dict] | None = None
 
     def archive_name(self) -> str:
         """File name of the archive in the download cache."""
@@ -294,6 +305,34 @@ def _fetch(url: str, sha256: str | None, cache: Path, fname: str, progress: bool
     return Path(path)
 
 
+def _unpack_entry(entry: DatasetEntry, archive: Path, staging: Path, url: str,
+                  progress: bool, archive_checked: bool) -> dict:
+    """Unpack ``archive`` into ``staging``, through ``entry.layout`` when it has one.
+
+    Returns what the layout step reports for the provenance file (``{}`` without one). The
+    archive is unpacked next to ``staging`` (same filesystem, so files are moved, not copied)
+    and that folder is always deleted. When the layout step or unpacking fails and no sha256
+    checked the archive, the cached archive is deleted too: pooch would reuse a damaged copy
+    forever otherwise.
+    """
+    if entry.layout is None:
+        unpack(archive, staging, entry.kind, progress=progress)
+        return {}
+    unpacked = Path(tempfile.mkdtemp(prefix=f".{entry.folder}.unpacked-", dir=staging.parent))
+    try:
+        unpack(archive, unpacked, entry.kind, progress=progress)
+        return entry.layout(unpacked, staging, progress)
+    except DataError as err:
+        if archive_checked:
+            raise
+        archive.unlink(missing_ok=True)
+        raise DataError(err.path, f"{err.problem} (archive from {url}; nothing was kept and the "
+                                  "archive was removed from the cache, so the next call "
+                                  "downloads it again)") from None
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
+
+
 def download_dataset(name_or_entry: str | DatasetEntry, dest: Path | str, url: str | None = None,
                      sha256: str | None = None, progress: bool = True,
                      allow_unverified: bool = False, *, cache: Path | str | None = None) -> Path:
@@ -303,14 +342,14 @@ def download_dataset(name_or_entry: str | DatasetEntry, dest: Path | str, url: s
     ``url``: replaces the entry's URL (a mirror); without it ``KIT_<NAME>_URL`` (e.g.
     ``KIT_MVTEC_URL``) is used when set. The sha256 still applies: a mirror must serve the
     identical file. ``sha256``: replaces the entry's digest. ``allow_unverified``: download even
-    when no digest is known (a warning then reports the digest to pin). ``cache``: where the
-    archive is kept (default ``kit.paths.cache_dir() / "downloads"``; delete it after unpacking
-    to save space).
+    when no digest is known (a warning then reports the digest to pin); not needed for entries
+    with a ``layout`` step, which check every file instead. ``cache``: where the archive is kept
+    (default ``kit.paths.cache_dir() / "downloads"``; delete it after unpacking to save space).
 
     Returns at once, without any network access, when ``<dest>/<entry.folder>`` already holds
     MVTec-layout categories. Raises DataError on a wrong checksum, a failed download, an
-    unsafe or unreadable archive, or an archive without categories; in each case no folder is
-    left at ``<dest>/<entry.folder>``.
+    unsafe or unreadable archive, a file the layout step refuses, or an archive without
+    categories; in each case no folder is left at ``<dest>/<entry.folder>``.
     """
     entry = name_or_entry if isinstance(name_or_entry, DatasetEntry) else get_dataset(name_or_entry)
     dest = Path(dest).expanduser()
@@ -327,7 +366,7 @@ def download_dataset(name_or_entry: str | DatasetEntry, dest: Path | str, url: s
     url = url or os.environ.get(entry.url_env_var) or entry.url
     expected = sha256 if sha256 is not None else entry.sha256
     expected = _normalise_sha256(expected) if expected is not None else None
-    if expected is None and not allow_unverified:
+    if expected is None and entry.layout is None and not allow_unverified:
         raise DataError(url, "no sha256 is known for this archive, so the download could not be "
                              "verified; pass sha256=... (--sha256) with the published digest, or "
                              "allow_unverified=True (--allow-unverified) to download it anyway")
@@ -338,8 +377,10 @@ def download_dataset(name_or_entry: str | DatasetEntry, dest: Path | str, url: s
         import pooch
 
         actual = pooch.file_hash(str(archive), alg="sha256")
-        warnings.warn(f"{entry.name}: downloaded {url} without a checksum; its sha256 is {actual}. "
-                      "Pass it as sha256= next time so a changed file is noticed.", stacklevel=2)
+        if entry.layout is None:
+            warnings.warn(f"{entry.name}: downloaded {url} without a checksum; its sha256 is "
+                          f"{actual}. Pass it as sha256= next time so a changed file is noticed.",
+                          stacklevel=2)
     else:
         actual = expected
 
@@ -347,7 +388,7 @@ def download_dataset(name_or_entry: str | DatasetEntry, dest: Path | str, url: s
     # Staging inside dest: the final rename stays on one filesystem, so it is atomic.
     staging = Path(tempfile.mkdtemp(prefix=f".{entry.folder}.partial-", dir=dest))
     try:
-        unpack(archive, staging, entry.kind, progress=progress)
+        laid_out = _unpack_entry(entry, archive, staging, url, progress, expected is not None)
         root = find_data_root(staging, entry.root_in_archive)
         if root is None:
             raise DataError(target, f"the archive from {url} holds no category folder in MVTec "
@@ -355,9 +396,13 @@ def download_dataset(name_or_entry: str | DatasetEntry, dest: Path | str, url: s
                                     f"archive is still at {archive}")
         relative = root.relative_to(staging)
         (staging / PROVENANCE_FILE).write_text(json.dumps({
-            "dataset": entry.name, "url": url, "sha256": actual, "verified": expected is not None,
+            "dataset": entry.name, "url": url, "sha256": actual,
+            "verified": expected is not None or entry.layout is not None,
+            "checked_by": "archive sha256" if expected is not None else (
+                "per-file sha256" if entry.layout is not None else None),
             "archive": entry.archive_name(), "licence": entry.licence, "citation": entry.citation,
             "unpacked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **laid_out,
         }, indent=2) + "\n")
         if target.is_dir():
             target.rmdir()  # checked empty above; os.replace cannot replace a folder on Windows
@@ -376,17 +421,167 @@ def download_dataset(name_or_entry: str | DatasetEntry, dest: Path | str, url: s
     return target / relative
 
 
+# --------------------------------------------------------------------------- Magnetic Tile Defects
+
+SPLITS_DIR = Path(__file__).resolve().parent / "splits"
+# ``sha256sum`` format, one line per image and mask the layout uses, keyed by the path in the
+# GitHub repository (so ``sha256sum -c`` also checks a clone). Measured on a byte-identical copy.
+MTD_MANIFEST = SPLITS_DIR / "mtd_sha256.txt"
+# DifferNet's mtd_train_filenames.txt (marco-rudolph/differnet), verbatim: the 761 MT_Free
+# images of train/good; the other 191 go to test/good, as in DifferNet's Table 2.
+MTD_SPLIT = SPLITS_DIR / "mtd_differnet_train.txt"
+MTD_COMMIT = "cc4eb530b57b9cb7225bf76023873043ffd50655"  # 2020-05-09, "Update README.md"
+MTD_CATEGORY = "magnetic_tile"
+_MTD_FILE = re.compile(r"^MT_(?P<folder>[A-Za-z]+)/Imgs/(?P<stem>[^/]+)\.(?P<suffix>jpg|png)$")
+
+
+def read_sha256_manifest(path: Path | str) -> dict[str, str]:
+    """``{relative path: sha256}`` from ``<hex>  <path>`` lines (``sha256sum``'s format)."""
+    path = Path(path)
+    digests: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        if not _SHA256.match(digest) or not name or _unsafe_name(name) is not None:
+            raise DataError(path, f"line {number} is not '<sha256>  <relative path>': {line!r}")
+        digests[name.lstrip("*")] = digest  # "*" marks binary mode in sha256sum -b output
+    return digests
+
+
+def read_name_list(path: Path | str) -> set[str]:
+    """File names listed one per line (blank lines skipped), e.g. a training split."""
+    return {line.strip() for line in Path(path).read_text().splitlines() if line.strip()}
+
+
+def mtd_layout_path(original: str, train_names: Collection[str]) -> str:
+    """Where a file of the MTD repository goes in the MVTec layout, relative to the data root.
+
+    ``MT_Free/Imgs/x.jpg`` -> ``magnetic_tile/train/good/x.jpg`` if ``x.jpg`` is in
+    ``train_names``, else ``magnetic_tile/test/good/x.jpg``; ``MT_Crack/Imgs/x.jpg`` ->
+    ``magnetic_tile/test/crack/x.jpg`` and its mask ``MT_Crack/Imgs/x.png`` ->
+    ``magnetic_tile/ground_truth/crack/x_mask.png`` (MVTec's mask name). ValueError for any
+    other path, MT_Free masks included (all zero; MVTec has no masks for good images).
+    """
+    match = _MTD_FILE.match(original)
+    if match is None:
+        raise ValueError(f"{original!r} is not MT_<Defect>/Imgs/<name>.jpg or .png")
+    folder, stem, suffix = match["folder"].lower(), match["stem"], match["suffix"]
+    name = f"{stem}.{suffix}"
+    if folder == "free":
+        if suffix != "jpg":
+            raise ValueError(f"{original!r}: MT_Free masks are all zero and not part of the layout")
+        return f"{MTD_CATEGORY}/{'train' if name in train_names else 'test'}/good/{name}"
+    if suffix == "png":
+        return f"{MTD_CATEGORY}/ground_truth/{folder}/{stem}_mask.png"
+    return f"{MTD_CATEGORY}/test/{folder}/{name}"
+
+
+def _mtd_plan(manifest: Path, split: Path) -> dict[str, tuple[str, str]]:
+    """``{path in the repository: (layout path, sha256)}`` for every file the layout uses.
+
+    Refuses (DataError naming the file) a manifest line the layout has no place for and a
+    split name that is not an MT_Free image of the manifest: either means the two files
+    shipped in ``kit/splits/`` disagree, and a silently smaller train set would follow.
+    """
+    digests = read_sha256_manifest(manifest)
+    train = read_name_list(split)
+    free = {PurePosixPath(name).name for name in digests if name.startswith("MT_Free/")}
+    stray = sorted(train - free)
+    if stray:
+        raise DataError(split, f"{len(stray)} name(s) are not MT_Free images of {manifest}, "
+                               f"e.g. {stray[0]!r}")
+    try:
+        return {name: (mtd_layout_path(name, train), digest) for name, digest in digests.items()}
+    except ValueError as err:
+        raise DataError(manifest, str(err)) from None
+
+
+def _mtd_repository(unpacked: Path) -> Path:
+    """The folder holding ``MT_Free/``: ``unpacked`` or a folder directly inside it.
+
+    GitHub's archive wraps the repository in ``<repo>-<commit>/``; a mirror may not.
+    """
+    candidates = [unpacked, *sorted(p for p in unpacked.iterdir() if p.is_dir())]
+    for candidate in candidates:
+        if (candidate / "MT_Free").is_dir():
+            return candidate
+    raise DataError("MT_Free", "the archive has no MT_Free/ folder at its root or one level "
+                               "down: it is not the Magnetic Tile Defects repository")
+
+
+def layout_mtd(unpacked: Path, out: Path, progress: bool = False, *,
+               manifest: Path | str | None = None, split: Path | str | None = None) -> dict:
+    """Move MTD's files from the unpacked repository ``unpacked`` into ``out``, checking each.
+
+    ``out`` then holds ``magnetic_tile/{train/good,test/<defect>,ground_truth/<defect>}`` (see
+    :func:`mtd_layout_path`). Every file in ``manifest`` (default ``MTD_MANIFEST``) must be in
+    the archive with its sha256, else DataError naming the file; files it does not list (the
+    MT_Free masks, README, dataset.jpg) stay behind. ``split`` defaults to ``MTD_SPLIT``.
+    Returns what the provenance file records about the check.
+    """
+    import pooch
+    from tqdm.auto import tqdm
+
+    manifest = Path(manifest or MTD_MANIFEST)
+    split = Path(split or MTD_SPLIT)
+    plan = _mtd_plan(manifest, split)
+    repository = _mtd_repository(unpacked)
+    for name in tqdm(sorted(plan), desc="checking MTD files", unit=" files",
+                     disable=not progress, leave=False):
+        relative, expected = plan[name]
+        source = repository / name
+        if not source.is_file():
+            raise DataError(name, f"is missing from the archive (needed for {relative})")
+        if source.is_symlink():
+            # Moved elsewhere, a relative link points at something else than what was checked.
+            raise DataError(name, f"is a symbolic link, not a file (needed for {relative})")
+        actual = pooch.file_hash(str(source), alg="sha256")
+        if actual != expected:
+            raise DataError(name, f"has sha256 {actual}, but {manifest.name} lists {expected} "
+                                  f"(needed for {relative}): the archive is damaged or not "
+                                  f"snapshot {MTD_COMMIT}")
+        target = out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+    return {"files_checked": len(plan), "manifest": manifest.name, "split": split.name,
+            "snapshot": MTD_COMMIT}
+
+
+register_dataset(DatasetEntry(
+    name="mtd",
+    # The repository's name really ends with a dot.
+    url=f"https://github.com/abin24/Magnetic-tile-defect-datasets./archive/{MTD_COMMIT}.tar.gz",
+    # GitHub makes the archive on request and has changed its compression before, so its bytes
+    # (and digest) are not stable; the 1,736 per-file digests of MTD_MANIFEST pin the data.
+    sha256=None,
+    kind="tar",
+    folder="mtd",
+    citation=("Yibin Huang, Congying Qiu, Kui Yuan: Surface defect saliency of magnetic tile. "
+              "The Visual Computer 36, 85-96 (2020)."),
+    licence=("none stated: the repository has no licence file; its README says \"It is welcomed "
+             "to use our dataset. And if it is used in your research, please cite our paper.\" "
+             "Redistribution terms are not stated."),
+    filename=f"Magnetic-tile-defect-datasets-{MTD_COMMIT[:12]}.tar.gz",
+    description=("Magnetic Tile Defects: 952 good and 392 defective images (5 defect types, "
+                 "pixel masks), about 53 MiB laid out, with DifferNet's train/test split"),
+    layout=layout_mtd,
+))
+
+
 # --------------------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kit.download",
-        description="Download an MVTec-layout dataset with a sha256 check and unpack it safely.")
+        description="Download a dataset (MVTec AD, Magnetic Tile Defects) with sha256 checks "
+                    "and unpack it safely in MVTec layout.")
     parser.add_argument("dataset", help=f"one of: {', '.join(sorted(DATASETS))}")
     parser.add_argument("--dest", required=True,
                         help="folder to unpack into (the data lands in DEST/<dataset folder>)")
     parser.add_argument("--url", default=None,
-                        help="mirror URL serving the identical archive (also $KIT_<NAME>_URL)")
+                        help="mirror URL serving the identical archive (for mtd: the same "
+                             "files) (also $KIT_<NAME>_URL)")
     parser.add_argument("--sha256", default=None, help="expected sha256 (replaces the registry's)")
     parser.add_argument("--allow-unverified", action="store_true",
                         help="download even when no sha256 is known (not recommended)")
@@ -397,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kit.download mvtec --dest DIR [--url URL]``; returns the exit status."""
+    """``python -m kit.download mvtec|mtd --dest DIR [--url URL]``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
         entry = get_dataset(args.dataset)

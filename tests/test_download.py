@@ -6,24 +6,31 @@ test, and an autouse guard makes any socket connection to a non-loopback address
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import ipaddress
+import json
 import socket
 import tarfile
 import threading
 import zipfile
+from collections import Counter
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import kit.download
 from kit.data import DataError, find_category
-from kit.download import DATASETS, DatasetEntry, download_dataset, main, unpack
+from kit.download import (DATASETS, MTD_COMMIT, MTD_MANIFEST, MTD_SPLIT, PROVENANCE_FILE,
+                          DatasetEntry, download_dataset, layout_mtd, main, mtd_layout_path,
+                          read_name_list, read_sha256_manifest, unpack)
+from kit.paths import SHARED_DATA
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
@@ -36,6 +43,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.delenv("KIT_MVTEC_URL", raising=False)
+    monkeypatch.delenv("KIT_MTD_URL", raising=False)
     monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
     real_connect = socket.socket.connect
 
@@ -265,3 +273,175 @@ def test_command_line(tmp_path, server, toy_archive, capsys):
     assert main(["mvtec", "--dest", str(tmp_path / "d2"), "--url", toy_archive.url,
                  "--sha256", "f" * 64, "--quiet"]) == 1
     assert "sha256" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- Magnetic Tile Defects
+
+MTD_TOP = f"Magnetic-tile-defect-datasets.-{MTD_COMMIT}"  # GitHub's archive wraps all in it
+SHARED_MTD = SHARED_DATA / "mtd"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_mtd_repository(repo: Path) -> Path:
+    """A tiny MTD clone: 3 MT_Free images with their all-zero masks, 2 MT_Crack and 1 MT_Fray
+    images with masks, and the README and overview picture the layout leaves out."""
+    for i in range(3):
+        _png(repo / f"MT_Free/Imgs/exp0_num_{i}.jpg", 100 + 10 * i)
+        _png(repo / f"MT_Free/Imgs/exp0_num_{i}.png", 0)
+    for defect, numbers in (("Crack", (10, 11)), ("Fray", (20,))):
+        for n in numbers:
+            _png(repo / f"MT_{defect}/Imgs/exp1_num_{n}.jpg", 200)
+            _png(repo / f"MT_{defect}/Imgs/exp1_num_{n}.png", 255)
+    (repo / "README.md").write_text("It is welcomed to use our dataset.\n")
+    _png(repo / "dataset.jpg", 50)
+    return repo
+
+
+def pack_github_archive(repo: Path, archive: Path) -> None:
+    """``repo`` as GitHub's tar.gz of a commit: a pax global header, then ``<repo>-<commit>/``."""
+    with tarfile.open(archive, "w:gz", format=tarfile.PAX_FORMAT,
+                      pax_headers={"comment": MTD_COMMIT}) as tar:
+        tar.add(repo, arcname=repo.name)
+
+
+@pytest.fixture
+def mtd(tmp_path, server, monkeypatch):
+    """The tiny repository, its own manifest and split (patched in for the shipped ones), and
+    ``serve()``, which packs the repository as it is then and returns the archive's URL."""
+    repo = make_mtd_repository(tmp_path / "github" / MTD_TOP)
+    used = sorted(p for p in repo.glob("MT_*/Imgs/*") if not p.match("MT_Free/Imgs/*.png"))
+    manifest = tmp_path / "lists/mtd_sha256.txt"
+    manifest.parent.mkdir()
+    manifest.write_text("".join(f"{_sha256(p)}  {p.relative_to(repo).as_posix()}\n" for p in used))
+    split = tmp_path / "lists/train.txt"
+    split.write_text("exp0_num_2.jpg\nexp0_num_0.jpg\n")
+    monkeypatch.setattr(kit.download, "MTD_MANIFEST", manifest)
+    monkeypatch.setattr(kit.download, "MTD_SPLIT", split)
+
+    def serve(name: str = "mtd.tar.gz") -> str:
+        pack_github_archive(repo, server.folder / name)
+        return server.url(name)
+
+    return SimpleNamespace(repo=repo, manifest=manifest, split=split, n_files=len(used), serve=serve)
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_mtd_is_laid_out_in_mvtec_layout_with_the_split(tmp_path, server, mtd):
+    dest = tmp_path / "dest"
+    root = download_dataset("mtd", dest, url=mtd.serve(), progress=False)
+    assert root == dest / "mtd"
+    assert _files(root) == {
+        PROVENANCE_FILE,
+        "magnetic_tile/train/good/exp0_num_0.jpg", "magnetic_tile/train/good/exp0_num_2.jpg",
+        "magnetic_tile/test/good/exp0_num_1.jpg",
+        "magnetic_tile/test/crack/exp1_num_10.jpg", "magnetic_tile/test/crack/exp1_num_11.jpg",
+        "magnetic_tile/test/fray/exp1_num_20.jpg",
+        "magnetic_tile/ground_truth/crack/exp1_num_10_mask.png",
+        "magnetic_tile/ground_truth/crack/exp1_num_11_mask.png",
+        "magnetic_tile/ground_truth/fray/exp1_num_20_mask.png",
+    }  # no MT_Free masks, README or overview picture
+    tile = root / "magnetic_tile"
+    assert ((tile / "ground_truth/fray/exp1_num_20_mask.png").read_bytes()
+            == (mtd.repo / "MT_Fray/Imgs/exp1_num_20.png").read_bytes())
+    category = find_category(root, "magnetic_tile")
+    assert category.summary()["test_counts"] == {"good": 1, "crack": 2, "fray": 1}
+    assert all(s.mask_path is not None for s in category.test if s.label == 1)
+    provenance = json.loads((root / PROVENANCE_FILE).read_text())
+    assert provenance["verified"] and provenance["checked_by"] == "per-file sha256"
+    assert provenance["files_checked"] == mtd.n_files == 9
+    assert provenance["snapshot"] == MTD_COMMIT and "Huang" in provenance["citation"]
+    assert server.hits == ["/mtd.tar.gz"]
+    assert [p.name for p in dest.iterdir()] == ["mtd"]  # staging and unpacked folders gone
+
+
+def test_mtd_second_call_does_not_download_again(tmp_path, server, mtd, monkeypatch):
+    monkeypatch.setenv("KIT_MTD_URL", mtd.serve())
+    first = download_dataset("mtd", tmp_path / "dest", progress=False)
+    assert download_dataset("mtd", tmp_path / "dest", progress=False) == first
+    # Another dest lays out the cached archive again, still without a request.
+    other = download_dataset("mtd", tmp_path / "other", progress=False)
+    assert _files(other / "magnetic_tile") == _files(first / "magnetic_tile")
+    assert server.hits == ["/mtd.tar.gz"]
+
+
+def test_mtd_tampered_file_is_refused_by_name(tmp_path, server, mtd):
+    image = mtd.repo / "MT_Crack/Imgs/exp1_num_11.jpg"
+    image.write_bytes(image.read_bytes() + b"\0")
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match="sha256") as info:
+        download_dataset("mtd", dest, url=mtd.serve(), progress=False)
+    assert info.value.path == Path("MT_Crack/Imgs/exp1_num_11.jpg")
+    assert "magnetic_tile/test/crack/exp1_num_11.jpg" in str(info.value)
+    assert list(dest.iterdir()) == []  # no data, staging or unpacked folder
+    # Nothing checked the archive as a whole, so it must not be reused from the cache.
+    assert not list((tmp_path / "cache").rglob("*.tar.gz"))
+
+
+@pytest.mark.parametrize("missing", ["MT_Fray/Imgs/exp1_num_20.png", "MT_Free/Imgs/exp0_num_1.jpg"])
+def test_mtd_missing_file_is_refused_by_name(tmp_path, server, mtd, missing):
+    (mtd.repo / missing).unlink()
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match="missing from the archive") as info:
+        download_dataset("mtd", dest, url=mtd.serve(), progress=False)
+    assert info.value.path == Path(missing)
+    assert list(dest.iterdir()) == []
+
+
+def test_mtd_link_is_refused_even_with_the_right_bytes(tmp_path, server, mtd):
+    image = mtd.repo / "MT_Free/Imgs/exp0_num_1.jpg"
+    image.rename(mtd.repo / "copy.jpg")
+    image.symlink_to("../../copy.jpg")  # inside the archive, so unpacking allows it
+    with pytest.raises(DataError, match="symbolic link") as info:
+        download_dataset("mtd", tmp_path / "dest", url=mtd.serve(), progress=False)
+    assert info.value.path == Path("MT_Free/Imgs/exp0_num_1.jpg")
+    assert list((tmp_path / "dest").iterdir()) == []
+
+
+def test_mtd_split_name_outside_the_manifest_is_refused(tmp_path, mtd):
+    mtd.split.write_text("exp0_num_0.jpg\nexp9_num_9.jpg\n")
+    with pytest.raises(DataError, match="exp9_num_9.jpg") as info:
+        layout_mtd(mtd.repo.parent, tmp_path / "out")
+    assert info.value.path == mtd.split
+    assert not (tmp_path / "out").exists()  # refused before anything moved
+
+
+def test_mtd_command_line(tmp_path, server, mtd, capsys):
+    assert main(["mtd", "--dest", str(tmp_path / "dest"), "--url", mtd.serve(), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "dest/mtd") in out and "magnetic_tile" in out
+    assert "Surface defect saliency of magnetic tile" in out and "please cite" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_MTD / "magnetic_tile").is_dir(), reason=f"needs {SHARED_MTD}")
+def test_shipped_split_and_manifest_agree_with_the_staged_mtd():
+    """The shipped lists rebuild ../shared/data/mtd file for file (it is byte-identical to the
+    repository), with the counts its SOURCE.txt states."""
+    train = read_name_list(MTD_SPLIT)
+    assert len(train) == len(MTD_SPLIT.read_text().split()) == 761  # no duplicates
+    assert train == read_name_list(SHARED_MTD / "differnet_train_split.txt")
+    digests = read_sha256_manifest(MTD_MANIFEST)
+    layout = {name: mtd_layout_path(name, train) for name in digests}
+    counts = Counter(PurePosixPath(path).parent.as_posix() for path in layout.values())
+    defects = {"blowhole": 115, "break": 85, "crack": 57, "fray": 32, "uneven": 103}
+    assert counts == {"magnetic_tile/train/good": 761, "magnetic_tile/test/good": 191,
+                      **{f"magnetic_tile/test/{d}": n for d, n in defects.items()},
+                      **{f"magnetic_tile/ground_truth/{d}": n for d, n in defects.items()}}
+    staged = _files(SHARED_MTD / "magnetic_tile")
+    assert set(layout.values()) == {f"magnetic_tile/{path}" for path in staged}
+    for name, path in layout.items():
+        assert _sha256(SHARED_MTD / path) == digests[name], path
+    # manifest.csv beside the data names the same originals; its defect rows give the same
+    # places. (Its good rows are not compared: they predate the split now staged.)
+    with (SHARED_MTD / "manifest.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["original_path"] for r in rows} == {n for n in digests if n.endswith(".jpg")}
+    for row in (r for r in rows if r["label"] != "good"):
+        assert layout[row["original_path"]] == row["staged_image"]
+        assert layout[row["original_path"][:-len(".jpg")] + ".png"] == row["staged_mask"]
