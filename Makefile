@@ -1,34 +1,63 @@
 # make demo   set up if needed, fit the demo runs on the embedded sample, say how to open the dashboard
 # make test   set up if needed, run every test (what .ci/run calls)
 # make setup  create .venv with the pinned dependencies
+#             make setup TORCH=cpu: torch and torchvision as CPU-only wheels from PyTorch's own
+#             index (about 1 GB instead of 5 GB of CUDA libraries; needs internet)
+# make html   the notebooks as HTML pages whose equations render offline (artifacts/html)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TORCH ?= default
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_PINS = $(shell grep -E '^(torch|torchvision)==' requirements.txt)
 
-.PHONY: setup demo test bench notebooks app clean
+.PHONY: setup demo test bench notebooks html app clean
 
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
+	@echo "[setup 1/5] creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	@echo "[setup 2/5] upgrading pip"
+	$(PY) -m pip install --progress-bar on --upgrade pip
+ifeq ($(TORCH),cpu)
+	@echo "[setup 3/5] CPU-only torch and torchvision ($(TORCH_PINS)) from $(TORCH_CPU_INDEX)"
+	$(PY) -m pip install --progress-bar on --index-url $(TORCH_CPU_INDEX) $(TORCH_PINS)
+else
+	@echo "[setup 3/5] torch comes with the pins below (make setup TORCH=cpu for CPU-only wheels)"
+endif
+	@echo "[setup 4/5] the pinned dependencies of requirements.txt: the longest step (a few minutes)"
+	$(PY) -m pip install --progress-bar on -r requirements.txt
+	@echo "[setup 5/5] the kit itself (editable) and the notebooks' Jupyter kernel"
+	$(PY) -m pip install --no-deps -e .
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 > /dev/null
 	touch $(STAMP)
+	@echo "setup done: use $(PY) (or: source $(VENV)/bin/activate)"
 
 demo: setup
 	$(PY) -m kit demo
 
+# -v: one line per test as it ends, with the share done; --durations: where the time went
 test: setup
-	$(PY) -m pytest -q
+	@echo "make test: unit tests on tiny generated data first, then real data, real notebooks and"
+	@echo "a real browser. pytest prints an estimate below, from the last full run on this machine."
+	$(PY) -m pytest -v --durations=15
 
 bench: setup
 	$(PY) benchmarks/bench_aupro.py
 	$(PY) benchmarks/bench_backbones.py
 	$(PY) benchmarks/bench_app.py
+
+html: setup
+	@if ls artifacts/notebooks/*.ipynb > /dev/null 2>&1; then \
+	  echo "exporting the executed notebooks of the last test run (artifacts/notebooks)"; \
+	  $(PY) -m kit.export artifacts/notebooks/*.ipynb --out artifacts/html; \
+	else \
+	  echo "no executed notebooks yet (make test writes them): exporting the committed ones"; \
+	  $(PY) -m kit.export notebooks/[0-9][0-9]_*.ipynb --out artifacts/html; \
+	fi
 
 app: setup
 	$(VENV)/bin/streamlit run app.py

@@ -14,6 +14,33 @@ from kit.paths import SAMPLE_ROOT, SHARED_DATA
 
 torch.set_num_threads(2)
 
+SUITE_KEY = "kit/last_full_suite"  # pytest's cache: how long the last full run took here
+FULL_SUITE_MIN_TESTS = 150  # a run of at least this many tests counts as the full suite
+_STARTED: list[float] = []
+
+
+def pytest_report_header(config) -> str:
+    """What ``make test`` is about to do, and how long it took here last time."""
+    import time
+
+    _STARTED.append(time.time())
+    last = config.cache.get(SUITE_KEY, None) if config.cache else None
+    if last:
+        return (f"kit: the last full run on this machine took {last['seconds'] / 60:.0f} min "
+                f"for {last['tests']} tests (load average then {last['load']:.1f})")
+    return ("kit: no full run recorded on this machine yet; on 2 CPU cores expect roughly "
+            "10 minutes when the machine is quiet and up to 30 when it is busy")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    import time
+
+    if not _STARTED or session.testscollected < FULL_SUITE_MIN_TESTS or not session.config.cache:
+        return
+    session.config.cache.set(SUITE_KEY, {"seconds": round(time.time() - _STARTED[0]),
+                                         "tests": session.testscollected,
+                                         "load": os.getloadavg()[0]})
+
 
 def write_png(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,10 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+    # a red "IProgress not found" box in every notebook means ipywidgets is missing from setup
+    stderr = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []) if o.get("name") == "stderr")
+    assert "IProgress not found" not in stderr and "TqdmWarning" not in stderr
     # executed outputs are written to artifacts/ for a look, never over the committed notebook
     out = Path(__file__).resolve().parents[1] / "artifacts" / "notebooks" / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
