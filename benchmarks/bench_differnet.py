@@ -18,7 +18,7 @@ import time
 import torch
 
 from kit.data import ImageSet, find_category
-from kit.differnet import DifferNet, DifferNetConfig
+from kit.methods.differnet import DifferNet, DifferNetConfig
 from kit.paths import SAMPLE_ROOT
 
 

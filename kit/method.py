@@ -1,9 +1,9 @@
 """The method interface every detector in ``kit`` follows, and the registry of methods.
 
-A method file (``kit/padim.py``, ``kit/differnet.py``, ...) holds a config dataclass with the
+A method file (``kit/methods/padim.py``, ``kit/methods/differnet.py``, ...) holds a config dataclass with the
 paper's values, and a class with ``fit``, ``predict``, ``embed``, ``state_dict`` and
 ``load_state_dict``. The pipeline, the CLI, the notebooks and the dashboard only talk to this
-interface, so a new method appears everywhere once its module is listed in ``METHOD_MODULES``.
+interface, so a new method appears everywhere once its file is in ``kit/methods/``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 import importlib
 import json
 import math
+import pkgutil
 import random
 import types
 import typing
@@ -25,7 +26,7 @@ import torch
 from kit.data import ImageSet
 
 # Modules that define methods. Registering a new method = adding its module here.
-METHOD_MODULES = ("kit.padim", "kit.differnet")
+METHODS_PACKAGE = "kit.methods"  # every module in it is a method file
 BUDGETS = ("quick", "full")
 
 
@@ -231,9 +232,16 @@ def register(cls: type[AnomalyMethod]) -> type[AnomalyMethod]:
     return cls
 
 
+def method_modules() -> list[str]:
+    """Names of the modules in ``kit/methods/`` (found on disk, sorted)."""
+    package = importlib.import_module(METHODS_PACKAGE)
+    return sorted(f"{METHODS_PACKAGE}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+                  if not m.name.startswith("_"))
+
+
 def load_methods() -> dict[str, type[AnomalyMethod]]:
-    """Import every module in ``METHOD_MODULES`` and return the registry."""
-    for module in METHOD_MODULES:
+    """Import every module of ``kit/methods/`` and return the registry."""
+    for module in method_modules():
         importlib.import_module(module)
     return METHODS
 

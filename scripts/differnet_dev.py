@@ -31,7 +31,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from kit.data import ImageSet, find_category, split_train_val
-from kit.differnet import IDENTITY, DifferNet, DifferNetConfig, fixed_test_transforms, train_transform_pool
+from kit.methods.differnet import IDENTITY, DifferNet, DifferNetConfig, fixed_test_transforms, train_transform_pool
 from kit.flows import Flow, nll, subnet_fc
 from kit.paths import SHARED_DATA, dtd_root
 

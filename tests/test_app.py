@@ -25,7 +25,7 @@ import kit.method
 from fixtures_runs import TINY, TOY, broken_run, moved_run, toy_runs
 from kit.app import common, try_it
 from kit.method import Ablation, AblationVariant, load_methods
-from kit.padim import Padim
+from kit.methods.padim import Padim
 from kit.paths import REPO_ROOT
 from kit.pipeline import restore_method
 from kit.runstore import load_run

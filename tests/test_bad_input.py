@@ -27,7 +27,7 @@ from conftest import write_png
 from kit import runstore
 from kit.cli import main
 from kit.data import DataError, DataWarning, ImageSet, Sample, find_category, read_image, read_mask
-from kit.differnet import DifferNet, DifferNetConfig
+from kit.methods.differnet import DifferNet, DifferNetConfig
 from kit.flows import FlowDivergedError, check_finite_loss
 from kit.method import ConfigError, load_methods
 from kit.pipeline import run_experiment

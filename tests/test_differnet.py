@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from kit.data import ImageSet, find_category
-from kit.differnet import (DifferNet, DifferNetConfig, apply_transforms, map_transform_indices,
+from kit.methods.differnet import (DifferNet, DifferNetConfig, apply_transforms, map_transform_indices,
                            fixed_test_transforms, train_transform_pool)
 from kit.method import make_method
 from kit.pipeline import restore_method, run_experiment

@@ -57,7 +57,7 @@ def test_a_run_made_with_another_config_is_not_current(toy_root, tmp_path, monke
     assert not run_is_current(path, "padim", "quick", 1, FAST)  # another seed
     assert not run_is_current(path, "padim", "quick", 0, {**FAST, "image_size": 32})
     assert not run_is_current(tmp_path / "missing", "padim", "quick", 0, FAST)
-    from kit.padim import PadimConfig  # a budget edited in the code after the run was made
+    from kit.methods.padim import PadimConfig  # a budget edited in the code after the run was made
     monkeypatch.setitem(PadimConfig.BUDGETS, "quick", {**PadimConfig.BUDGETS.get("quick", {}),
                                                        "threshold_quantile": 0.5})
     assert not run_is_current(path, "padim", "quick", 0, FAST)
