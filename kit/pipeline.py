@@ -28,7 +28,7 @@ from kit import metrics as M
 from kit.data import (Category, DataWarning, ImageSet, Sample, check_masks, find_category,
                       split_train_val, subsample)
 from kit.method import AnomalyMethod, make_method, method_class, seed_everything
-from kit.runstore import RunError, check_run_target, load_run, write_run
+from kit.runstore import Run, RunError, check_run_target, load_run, write_run
 
 EMBED_TEST = 240  # test images whose features are stored for the embedding plots
 EMBED_NORMAL = 120  # training (defect-free) images stored likewise
@@ -144,10 +144,13 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
     stage("reading data", 0.0)
     # Everything that can be refused is checked before the fit, never after it: the run
     # folder, the settings, the data layout and every mask.
-    out_dir = check_run_target(out_dir, overwrite)
     data_root = Path(data_root).resolve()  # runs store absolute image paths
     overrides = dict(overrides or {})
     method_class(method_name).config_cls.for_budget(budget, seed=seed, **overrides)
+    if not overwrite and (Path(out_dir).exists() or Path(out_dir).is_symlink()):
+        raise RunError(existing_run_message(Path(out_dir), method_name, budget, seed, overrides,
+                                            data_root, category))
+    out_dir = check_run_target(out_dir, overwrite)
     cat = find_category(data_root, category)
     cat.warnings = check_masks(cat, progress)
     warn_left_out(cat)
@@ -232,6 +235,20 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))  # tuples -> lists, as in config.json
 
 
+def config_differences(run: Run, method_name: str, budget: str = "quick", seed: int = 0,
+                       overrides: dict[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+    """``[(setting, stored value, value these arguments give now)]`` where ``run`` differs
+    from the config ``method_name`` would be built with now (the method name included)."""
+    if run.method != method_name:
+        return [("method", run.method, method_name)]
+    cls = method_class(method_name)
+    expected = _plain(cls.config_cls.for_budget(budget, seed=seed, **(overrides or {})).to_dict())
+    stored = _plain(run.config.get("method_config"))
+    stored = stored if isinstance(stored, dict) else {}
+    return [(key, stored.get(key), expected[key]) for key in expected
+            if stored.get(key) != expected[key]]
+
+
 def run_is_current(run_dir: Path | str, method_name: str, budget: str = "quick", seed: int = 0,
                    overrides: dict[str, Any] | None = None) -> bool:
     """True if ``run_dir`` is a complete run made with the config these arguments give *now*.
@@ -243,9 +260,31 @@ def run_is_current(run_dir: Path | str, method_name: str, budget: str = "quick",
         run = load_run(run_dir)
     except RunError:
         return False
-    cls = method_class(method_name)
-    expected = cls.config_cls.for_budget(budget, seed=seed, **(overrides or {})).to_dict()
-    return run.method == method_name and _plain(run.config.get("method_config")) == _plain(expected)
+    return not config_differences(run, method_name, budget, seed, overrides)
+
+
+def existing_run_message(run_dir: Path, method_name: str, budget: str, seed: int,
+                         overrides: dict[str, Any], data_root: Path, category: str) -> str:
+    """Why ``run_dir`` is not written without ``overwrite``, and how it compares with the run
+    asked for: another config (which settings), the same one (then nothing needs doing), or
+    a folder that is not a complete run."""
+    try:
+        run = load_run(run_dir)
+    except RunError as err:
+        return f"{run_dir}: exists already and is not a complete run ({err}); choose another --out"
+    changed = config_differences(run, method_name, budget, seed, overrides)
+    stored_data = (run.config.get("data_root"), run.config.get("category"))
+    if stored_data != (str(data_root), category):
+        changed.append(("data", "/".join(map(str, stored_data)), f"{data_root}/{category}"))
+    if not changed:
+        score = run.metrics.get("image_auroc")
+        shown = f"{score:.3f}" if isinstance(score, float) else "-"
+        return (f"{run_dir}: exists already, made with these same settings and data (image "
+                f"AUROC {shown}): nothing to do. Pass --overwrite to fit it again")
+    listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changed[:6])
+    more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+    return (f"{run_dir}: exists already, made with other settings ({listed}{more}). Pass "
+            "--overwrite to replace it, or choose another --out")
 
 
 def restore_method(run_dir: Path | str) -> AnomalyMethod:

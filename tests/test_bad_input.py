@@ -336,3 +336,16 @@ def test_a_sixteen_bit_upload_is_scaled_not_white():
     Image.fromarray(np.full((30, 40), 51400, np.uint16)).save(buf, format="PNG")
     rgb = read_upload(buf.getvalue())
     assert rgb.shape == (30, 40, 3) and int(rgb.min()) == int(rgb.max()) == 200  # 51400 / 257
+
+
+def test_an_existing_run_is_compared_not_just_refused(toy_run, capsys, no_fit):
+    data = load_run(toy_run).config["data_root"]
+    same = ["fit", "--method", "padim", "--data-root", data, "--category", "toy", "--out",
+            str(toy_run), *TINY]
+    assert main(same) == 2
+    assert "made with these same settings and data" in capsys.readouterr().err
+    assert main([*same, "--set", "n_features=20"]) == 2
+    err = capsys.readouterr().err
+    assert "made with other settings (n_features: 100 -> 20)" in err and "--overwrite" in err
+    assert main([*same[:2], "differnet", *same[3:]]) == 2
+    assert "method: 'padim' -> 'differnet'" in capsys.readouterr().err
