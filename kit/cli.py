@@ -152,7 +152,8 @@ def cmd_ablation(args) -> int:
                  on_run=lambda label, path: print(f"{label}: {path}"))
     print(f"\n{ablation.title} ({ablation.metric}; paper values: {ablation.paper_dataset})")
     print(f"{'variant':<16}{'paper':>8}{'ours':>8}{'spread':>8}{'runs':>6}")
-    for row in ablation_table(root, args.method, args.name):
+    for row in ablation_table(root, args.method, args.name, data_root=default_data_root(args.data_root),
+                              category=args.category, budget=args.budget):
         print(f"{row['variant']:<16}{_fmt(row['paper']):>8}{_fmt(row['ours']):>8}"
               f"{_fmt(row['spread']):>8}{row['runs']:>6}")
     return 0

@@ -76,6 +76,19 @@ class Category:
     def defect_types(self) -> list[str]:
         return sorted({s.defect_type for s in self.test if s.label == 1})
 
+    def fingerprint(self) -> str:
+        """16 hex digits identifying the category's files: names and sizes of every training
+        and test image and mask (not their bytes, so it is quick on large sets). Runs store it
+        so that results on the embedded sample and on the full data are never mixed."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for split, samples in (("train", self.train), ("test", self.test)):
+            for s in sorted(samples, key=lambda s: s.name):
+                mask = f" {s.mask_path.name} {s.mask_path.stat().st_size}" if s.mask_path else ""
+                digest.update(f"{split}/{s.name} {s.path.stat().st_size}{mask}\n".encode())
+        return digest.hexdigest()[:16]
+
     def summary(self) -> dict:
         counts: dict[str, int] = {}
         for s in self.test:
@@ -116,6 +129,11 @@ def check_category_name(root: Path | str, category: str) -> str:
         raise DataError(Path(root), f"invalid category name {category!r}: it must be one "
                                     "folder name inside the data root (no '/', '\\' or '..')")
     return name
+
+
+def dataset_fingerprint(root: Path | str, category: str) -> str:
+    """:meth:`Category.fingerprint` of ``root/category``."""
+    return find_category(root, category).fingerprint()
 
 
 def find_category(root: Path | str, category: str) -> Category:

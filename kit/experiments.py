@@ -3,9 +3,11 @@
 Each method lists its ablations (``AnomalyMethod.ablations``): named variants, each a set of
 config overrides and the paper's value. ``run_ablation`` makes one run per variant (and per
 seed), tagged ``{"ablation": name, "variant": label, "seed": s}`` in config.json, named
-``<runs_root>/<method>-<ablation>-<variant>-<budget>-s<seed>``. Existing complete runs made with
-today's config are kept, so an interrupted sweep resumes where it stopped; a run whose stored
-config differs (the budget changed in the code, other overrides) is made again.
+``<runs_root>/<method>-<ablation>-<variant>-<budget>-s<seed>-<dataset fingerprint[:8]>``, so
+sweeps on different data (the embedded sample, the full MTD) never overwrite each other.
+Existing complete runs made with today's config on the same data are kept, so an interrupted
+sweep resumes where it stopped; a run whose stored config differs (the budget changed in the
+code, other overrides) is made again. Tables group runs by dataset and budget, never across.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from kit.data import dataset_fingerprint
 from kit.method import Ablation, method_class
-from kit.pipeline import run_experiment, run_is_current
+from kit.pipeline import run_experiment, run_fingerprint, run_is_current
 from kit.runstore import Run, list_runs, safe_run_dir
 
 
@@ -28,9 +31,10 @@ def find_ablation(method: str, name: str) -> Ablation:
     raise ValueError(f"method '{method}' has no ablation '{name}' (known: {known})")
 
 
-def run_name(method: str, ablation: str, variant: str, budget: str, seed: int) -> str:
+def run_name(method: str, ablation: str, variant: str, budget: str, seed: int,
+             fingerprint: str = "") -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", variant).strip("_") or "v"
-    return f"{method}-{ablation}-{slug}-{budget}-s{seed}"
+    return f"{method}-{ablation}-{slug}-{budget}-s{seed}" + (f"-{fingerprint[:8]}" if fingerprint else "")
 
 
 def run_ablation(method: str, name: str, data_root: Path | str, category: str, runs_root: Path | str,
@@ -40,12 +44,14 @@ def run_ablation(method: str, name: str, data_root: Path | str, category: str, r
     """Make (or reuse) one run per variant and seed; returns the run folders."""
     ablation = find_ablation(method, name)
     chosen = [v for v in ablation.variants if variants is None or v.label in variants]
+    fingerprint = dataset_fingerprint(data_root, category)
     paths = []
     for variant in chosen:
         for seed in seeds:
-            out = safe_run_dir(runs_root, run_name(method, name, variant.label, budget, seed))
+            out = safe_run_dir(runs_root, run_name(method, name, variant.label, budget, seed,
+                                                   fingerprint))
             overrides = {**(extra_overrides or {}), **variant.overrides}
-            if not run_is_current(out, method, budget, seed, overrides):  # else: keep it
+            if not run_is_current(out, method, budget, seed, overrides, fingerprint):  # else: keep
                 run_experiment(method, data_root, category, out, budget=budget, seed=seed,
                                overrides=overrides, tags={"ablation": name, "variant": variant.label},
                                progress=progress, overwrite=True)
@@ -65,10 +71,17 @@ def ablation_runs(runs: list[Run], method: str, name: str) -> dict[str, list[Run
     return grouped
 
 
-def ablation_table(runs_root: Path | str, method: str, name: str) -> list[dict[str, Any]]:
-    """One row per variant: the paper's value, our mean and spread over seeds, run count."""
+def ablation_table(runs_root: Path | str, method: str, name: str, *, data_root: Path | str,
+                   category: str, budget: str) -> list[dict[str, Any]]:
+    """One row per variant: the paper's value, our mean and spread over seeds, run count.
+
+    Only runs on ``data_root/category`` (same dataset fingerprint) with ``budget`` count: a
+    mean over runs on the embedded sample and on the full data would be neither's result.
+    """
     ablation = find_ablation(method, name)
+    fingerprint = dataset_fingerprint(data_root, category)
     runs, _ = list_runs(runs_root)
+    runs = [r for r in runs if run_fingerprint(r) == fingerprint and r.config.get("budget") == budget]
     grouped = ablation_runs(runs, method, name)
     rows = []
     for variant in ablation.variants:

@@ -204,6 +204,8 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "fit_images": [s.name for s in fit_samples], "val_images": [s.name for s in val_samples],
         "data_warnings": cat.warnings[:50],
+        "dataset": {"root": str(data_root), "category": category,
+                    "fingerprint": cat.fingerprint()},
     }
     rows = [{"index": i, "name": s.name, "path": str(s.path), "defect_type": s.defect_type,
              "label": s.label, "score": float(test.scores[i]), "pixel_included": bool(include[i])}
@@ -249,16 +251,26 @@ def config_differences(run: Run, method_name: str, budget: str = "quick", seed: 
             if stored.get(key) != expected[key]]
 
 
+def run_fingerprint(run: Run) -> str | None:
+    """The dataset fingerprint a run stored (None for runs made before runs recorded it)."""
+    dataset = run.config.get("dataset")
+    return dataset.get("fingerprint") if isinstance(dataset, dict) else None
+
+
 def run_is_current(run_dir: Path | str, method_name: str, budget: str = "quick", seed: int = 0,
-                   overrides: dict[str, Any] | None = None) -> bool:
-    """True if ``run_dir`` is a complete run made with the config these arguments give *now*.
+                   overrides: dict[str, Any] | None = None, fingerprint: str | None = None) -> bool:
+    """True if ``run_dir`` is a complete run made with the config these arguments give *now*,
+    and, when ``fingerprint`` is given (:func:`kit.data.dataset_fingerprint`), on that data.
 
     Reusing a run is only safe when its stored method config equals today's (a budget changed
-    in the code since, or other overrides, make it stale). Builds no model.
+    in the code since, or other overrides, make it stale) and it saw the same data (a run on
+    the embedded sample is no MTD result). Builds no model.
     """
     try:
         run = load_run(run_dir)
     except RunError:
+        return False
+    if fingerprint is not None and run_fingerprint(run) != fingerprint:
         return False
     return not config_differences(run, method_name, budget, seed, overrides)
 

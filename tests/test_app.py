@@ -324,6 +324,37 @@ def test_printed_commands_name_the_python_to_use(executable, python, tmp_path, m
     assert f"{python} -m kit demo" in texts(at) and f"`{python} -m kit fit " in texts(at)
 
 
+def test_ablations_page_never_mixes_datasets(toy, tmp_path, monkeypatch):
+    """Runs of one variant on two datasets (as the embedded sample and the full MTD, with the
+    same category name): the page shows one dataset at a time and averages within it only."""
+    monkeypatch.setitem(kit.method.METHODS, "fakeabl", FakeAblated)
+    runs = tmp_path / "abl_runs"
+    for name, root, fingerprint in (("fake_A_sample", None, None),
+                                    ("fake_A_full", "/data/full_mtd", "f" * 16)):
+        shutil.copytree(toy["a"], runs / name)
+        config = json.loads((runs / name / "config.json").read_text())
+        config.update(method="fakeabl", tags={"ablation": "toyabl", "variant": "A"})
+        if root:
+            config["data_root"] = root
+            config["dataset"] = {**config["dataset"], "root": root, "fingerprint": fingerprint}
+        (runs / name / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("KIT_RUNS_ROOT", str(runs))
+    at = start("ablations")
+    picker = at.selectbox(key="abl_group_fakeabl_toyabl")
+    assert len(picker.options) == 2 and any("full_mtd" in o for o in picker.options)
+    from kit.app.ablations import group_of
+    from kit.runstore import load_run
+
+    shown = []
+    for name in ("fake_A_sample", "fake_A_full"):
+        picker.set_value(group_of(load_run(runs / name))).run()
+        assert_clean(at)
+        table = next(d.value for d in at.dataframe
+                     if "variant" in d.value and list(d.value["variant"]) == ["A", "B", "C"])
+        shown.append(table.loc[table["variant"] == "A", "runs"].item())
+    assert sorted(shown) == ["fake_A_full", "fake_A_sample"]  # one run each, never both
+
+
 def test_ablations_page_without_ablations(monkeypatch):
     monkeypatch.setattr(kit.method, "METHODS", {"padim": Padim})
     at = start("ablations")

@@ -33,6 +33,21 @@ def runs_of(runs: list[Run], method: str, ablation: str, variant: str) -> list[R
     return out
 
 
+def group_of(run: Run) -> tuple[str, str, str, str]:
+    """``(data root, category, dataset fingerprint, budget)``: the runs whose numbers may be
+    averaged together. Runs made before runs recorded a fingerprint have ``""`` there."""
+    from kit.pipeline import run_fingerprint
+
+    return (str(run.config.get("data_root", "?")), str(run.config.get("category", "?")),
+            run_fingerprint(run) or "", str(run.config.get("budget", "?")))
+
+
+def group_label(group: tuple[str, str, str, str]) -> str:
+    root, category, fingerprint, budget = group
+    data = f"data {fingerprint[:8]}" if fingerprint else "data not fingerprinted"
+    return f"{category} in {common.data_label(root)} · {budget} budget · {data}"
+
+
 def _fit_options() -> set[str]:
     """Option strings of ``python -m kit fit`` and the names of all subcommands."""
     import argparse
@@ -102,11 +117,17 @@ def show_ablation(method: str, title: str, ablation: Ablation, runs: list[Run]) 
     st.caption(f"metric: `{ablation.metric}` · paper values: {ablation.paper_dataset}"
                + (f" · {ablation.note}" if ablation.note else ""))
     tagged = {v.label: runs_of(runs, method, ablation.name, v.label) for v in ablation.variants}
-    categories = sorted({r.config.get("category", "?") for rs in tagged.values() for r in rs})
+    # one dataset and budget at a time: a mean over sample and full-data runs is neither's result
+    groups = sorted({group_of(r) for rs in tagged.values() for r in rs})
     category = None
-    if len(categories) > 1:
-        category = st.selectbox("Our runs on", categories, key=f"abl_cat_{method}_{ablation.name}")
-        tagged = {k: [r for r in rs if r.config.get("category") == category] for k, rs in tagged.items()}
+    if groups:
+        group = groups[0]
+        if len(groups) > 1:
+            key = f"abl_group_{method}_{ablation.name}"
+            common.keep_valid(key, groups)
+            group = st.selectbox("Our runs on", groups, key=key, format_func=group_label)
+        category = group[1]
+        tagged = {k: [r for r in rs if group_of(r) == group] for k, rs in tagged.items()}
     ours = {k: [float(r.metrics[ablation.metric]) for r in rs if r.metrics.get(ablation.metric) is not None]
             for k, rs in tagged.items()}
     paper = {v.label: v.paper_value for v in ablation.variants}
