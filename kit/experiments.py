@@ -37,6 +37,20 @@ def run_name(method: str, ablation: str, variant: str, budget: str, seed: int,
     return f"{method}-{ablation}-{slug}-{budget}-s{seed}" + (f"-{fingerprint[:8]}" if fingerprint else "")
 
 
+def fit_or_reuse(method: str, data_root: Path | str, category: str, out: Path | str,
+                 budget: str = "quick", seed: int = 0, overrides: dict[str, Any] | None = None,
+                 tags: dict[str, Any] | None = None, progress: bool = True,
+                 fingerprint: str | None = None) -> Path:
+    """``out`` as a run of these settings on this data: kept when it already is one (so a
+    re-executed notebook or an interrupted sweep costs nothing), else fitted again in place.
+    ``fingerprint``: :func:`kit.data.dataset_fingerprint` of the data, when already known."""
+    fingerprint = fingerprint or dataset_fingerprint(data_root, category)
+    if not run_is_current(out, method, budget, seed, overrides, fingerprint):
+        run_experiment(method, data_root, category, out, budget=budget, seed=seed,
+                       overrides=overrides, tags=tags, progress=progress, overwrite=True)
+    return Path(out)
+
+
 def run_ablation(method: str, name: str, data_root: Path | str, category: str, runs_root: Path | str,
                  budget: str = "quick", seeds: tuple[int, ...] = (0,), variants: list[str] | None = None,
                  extra_overrides: dict[str, Any] | None = None, progress: bool = True,
@@ -51,10 +65,9 @@ def run_ablation(method: str, name: str, data_root: Path | str, category: str, r
             out = safe_run_dir(runs_root, run_name(method, name, variant.label, budget, seed,
                                                    fingerprint))
             overrides = {**(extra_overrides or {}), **variant.overrides}
-            if not run_is_current(out, method, budget, seed, overrides, fingerprint):  # else: keep
-                run_experiment(method, data_root, category, out, budget=budget, seed=seed,
-                               overrides=overrides, tags={"ablation": name, "variant": variant.label},
-                               progress=progress, overwrite=True)
+            fit_or_reuse(method, data_root, category, out, budget=budget, seed=seed,
+                         overrides=overrides, tags={"ablation": name, "variant": variant.label},
+                         progress=progress, fingerprint=fingerprint)
             if on_run:
                 on_run(variant.label, out)
             paths.append(out)
