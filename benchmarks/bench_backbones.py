@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
 
-from kit.backbones import OFFLINE_WEIGHTS, FeatureExtractor  # noqa: E402
+from kit.backbones import FeatureExtractor  # noqa: E402
+from kit.weights import OFFLINE_WEIGHTS  # noqa: E402
 
 
 def bench(name: str, batches: int, batch_size: int, size: int, layers: tuple[int, ...]) -> dict:

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--backbone", default=None, help="timm model name, e.g. tf_efficientnet_lite0")
     fit.add_argument("--weights", default=None, help="auto | offline | hub | none | path | URL")
     fit.add_argument("--image-size", type=int, default=None)
+    fit.add_argument("--device", default=None,
+                     help="auto (default: CUDA when torch sees a GPU, else CPU) | cpu | cuda | cuda:N")
     fit.add_argument("--budget", choices=("quick", "full"), default="quick")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[],
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--variants", nargs="*", default=None, help="only these variant labels")
     ab.add_argument("--quiet", action="store_true")
 
-    sub.add_parser("info", help="methods, budgets, ablations and offline backbones")
+    sub.add_parser("info", help="methods, their papers, budgets and why, ablations, offline backbones")
 
     demo = sub.add_parser("demo", help="quick runs of every method on the embedded sample")
     demo.add_argument("--runs-root", default=None)
@@ -86,7 +88,7 @@ def cmd_fit(args) -> int:
     from kit.pipeline import run_experiment
 
     overrides = dict(args.overrides)
-    for key in ("backbone", "weights", "image_size"):
+    for key in ("backbone", "weights", "image_size", "device"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     data_root = default_data_root(args.data_root)
@@ -101,6 +103,11 @@ def cmd_fit(args) -> int:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     keys = ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "f1_max", "fit_seconds", "infer_ms_per_image")
     print("  ".join(f"{k}={_fmt(metrics.get(k))}" for k in keys))
+    for name, values in (metrics.get("maps") or {}).items():  # the method's further maps
+        print(f"  map {name}: " + "  ".join(f"{k}={_fmt(values.get(k))}" for k in keys[:5]))
+    facts = ("device", "fit_peak_rss_mb", "score_peak_rss_mb", "trainable_params", "total_params",
+             "model_mb")
+    print("  ".join(f"{k}={_fmt(metrics.get(k))}" for k in facts))
     print(f"run written to {run_dir}")
     return 0
 
@@ -160,14 +167,25 @@ def cmd_ablation(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from kit.backbones import OFFLINE_WEIGHTS
+    import textwrap
+
     from kit.method import load_methods
+    from kit.weights import OFFLINE_WEIGHTS
+
+    def show(text: str) -> None:  # under the method's name, continuation lines indented
+        print(textwrap.fill(text, 100, initial_indent=" " * 12, subsequent_indent=" " * 14))
 
     for name, cls in sorted(load_methods().items()):
-        print(f"{name:<12}{cls.title}  budgets: {', '.join(cls.config_cls.BUDGETS)}")
-        for ablation in cls.ablations:
+        paper = cls.paper  # kit/papers/<name>.py
+        print(f"{name:<12}{paper.title}  budgets: {', '.join(cls.config_cls.BUDGETS)}")
+        if paper.citation:
+            show(f"paper: {paper.citation}")
+        for budget in cls.config_cls.BUDGETS:
+            if paper.budget_notes.get(budget):
+                show(f"budget '{budget}': {paper.budget_notes[budget]}")
+        for ablation in paper.ablations:
             labels = ", ".join(v.label for v in ablation.variants)
-            print(f"{'':<12}ablation '{ablation.name}': {ablation.title} [{labels}]")
+            show(f"ablation '{ablation.name}': {ablation.title} [{labels}]")
     print("offline backbones:", ", ".join(OFFLINE_WEIGHTS))
     print("data root:", default_data_root())
     return 0
@@ -204,7 +222,7 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    from kit.backbones import BackboneError
+    from kit.weights import BackboneError
     from kit.data import DataError
     from kit.runstore import RunError
 

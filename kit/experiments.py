@@ -1,8 +1,9 @@
 """Run a paper's ablation as a set of tagged runs, and gather its results.
 
-Each method lists its ablations (``AnomalyMethod.ablations``): named variants, each a set of
-config overrides and the paper's value. ``run_ablation`` makes one run per variant (and per
-seed), tagged ``{"ablation": name, "variant": label, "seed": s}`` in config.json, named
+Each method's paper lists its ablations (``AnomalyMethod.paper.ablations``, ``kit/papers/``):
+named variants, each a set of config overrides and the paper's value. ``run_ablation`` makes
+one run per variant (and per seed), tagged ``{"ablation": name, "variant": label, "seed": s}``
+in config.json, named
 ``<runs_root>/<method>-<ablation>-<variant>-<budget>-s<seed>-<dataset fingerprint[:8]>``, so
 sweeps on different data (the embedded sample, the full MTD) never overwrite each other.
 Existing complete runs made with today's config on the same data are kept, so an interrupted
@@ -17,18 +18,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kit.data import dataset_fingerprint
-from kit.method import Ablation, method_class
+from kit.method import method_class
+from kit.papers import Ablation
 from kit.pipeline import run_experiment, run_fingerprint, run_is_current
 from kit.runstore import Run, list_runs, safe_run_dir
 
 
 def find_ablation(method: str, name: str) -> Ablation:
-    cls = method_class(method)
-    for ablation in cls.ablations:
-        if ablation.name == name:
-            return ablation
-    known = ", ".join(a.name for a in cls.ablations) or "none"
-    raise ValueError(f"method '{method}' has no ablation '{name}' (known: {known})")
+    return method_class(method).paper.ablation(name)
 
 
 def run_name(method: str, ablation: str, variant: str, budget: str, seed: int,

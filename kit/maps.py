@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -16,23 +17,112 @@ def concat_layers(features: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(resized, dim=1)
 
 
+def selected_positions_first(features: list[torch.Tensor], channel_idx: torch.Tensor) -> torch.Tensor:
+    """Channels ``channel_idx`` of ``concat_layers(features)``, positions first:
+    ``[H_0 * W_0, B, len(channel_idx)]``, contiguous (the layout of a matmul batched over
+    positions, as PaDiM's Mahalanobis distance is).
+
+    Same values as ``concat_layers(features)[:, channel_idx].flatten(2).permute(2, 0, 1)`` to
+    float rounding, about 4x faster on CPU: only the selected channels are upsampled, by two
+    small matrix products per layer (bilinear upsampling is separable) that write the
+    positions-first layout directly.
+    """
+    h0, w0 = features[0].shape[-2:]
+    b = features[0].shape[0]
+    idx, order = channel_idx.sort()
+    parts, start = [], 0
+    for f in features:
+        c = f.shape[1]
+        local = idx[(idx >= start) & (idx < start + c)] - start
+        start += c
+        if not local.numel():
+            continue
+        s = f.index_select(1, local.to(f.device))  # [B, c', h, w]
+        h, w = s.shape[-2:]
+        if (h, w) == (h0, w0):
+            parts.append(s.permute(2, 3, 0, 1).reshape(h0 * w0, b, -1))
+            continue
+        uh = _upsample_blur_matrix(h, h0, 0, 0.0, s.dtype, s.device)  # [H_0, h]
+        uw = uh if (w, w0) == (h, h0) else _upsample_blur_matrix(w, w0, 0, 0.0, s.dtype, s.device)
+        t = (s @ uw.T).permute(2, 3, 0, 1).reshape(h, -1)  # [h, W_0 * B * c']
+        parts.append((uh @ t).view(h0 * w0, b, -1))
+    out = torch.cat(parts, dim=-1)
+    if not torch.equal(order, torch.arange(len(order), device=order.device)):  # unsorted indices
+        out = out[..., order.argsort().to(out.device)]
+    return out
+
+
 def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
     """``[B, h, w]`` -> ``[B, size, size]`` by bilinear interpolation."""
     return F.interpolate(maps[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def _blur_radius(sigma: float, height: int, width: int) -> int:
+    """Kernel half-width: 4 sigma, as scipy truncates, and less than the map (reflect padding)."""
+    return min(max(1, int(math.ceil(4 * sigma))), width - 1, height - 1)
+
+
+def _build(fn, *args):
+    """``fn(*args)`` as a normal tensor even inside ``torch.inference_mode`` (PaDiM's predict):
+    the cached operators below are reused by DifferNet's gradient maps, and an inference
+    tensor cannot take part in autograd."""
+    with torch.inference_mode(False), torch.no_grad():
+        return fn(*args)
+
+
+@functools.lru_cache(maxsize=32)
+def _blur_matrix(n: int, radius: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[n, n]`` matrix ``K`` with ``K @ x`` = the 1-D Gaussian blur of ``x`` (length ``n``)
+    with reflect padding (``torch.nn.functional.pad(mode="reflect")``: the edge is not repeated)."""
+    def build() -> torch.Tensor:
+        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        src = (torch.arange(n)[:, None] + torch.arange(-radius, radius + 1)[None]).abs()
+        src = torch.where(src > n - 1, 2 * (n - 1) - src, src)  # reflect at both ends
+        k = torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, src, kernel.expand(n, -1).contiguous())
+        return k.to(device=device, dtype=dtype)
+    return _build(build)
+
+
+@functools.lru_cache(maxsize=32)
+def _upsample_blur_matrix(n_in: int, size: int, radius: int, sigma: float, dtype: torch.dtype,
+                          device: torch.device) -> torch.Tensor:
+    """``[size, n_in]``: 1-D linear upsampling (``align_corners=False``, as :func:`upsample`)
+    followed by the blur of :func:`_blur_matrix`, as one matrix."""
+    def build() -> torch.Tensor:
+        eye = torch.eye(n_in, dtype=torch.float64)[None]  # [1, n_in (channels), n_in]
+        up = F.interpolate(eye, size=size, mode="linear", align_corners=False)[0].T  # [size, n_in]
+        if radius > 0:
+            up = _blur_matrix(size, radius, sigma, torch.float64, torch.device("cpu")) @ up
+        return up.to(device=device, dtype=dtype).contiguous()
+    return _build(build)
+
+
+# Below this side a blur is two matrix products with the dense [n, n] operators (n^3 work
+# but a few BLAS calls: ~1 ms for 256 px on 2 cores); above it, where n^3 outgrows the
+# banded convolution's n^2 * (8 sigma + 1), the separable convolution.
+_DENSE_BLUR_MAX = 512
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur ``[B, H, W]`` (or ``[B, C, H, W]``) with a Gaussian of ``sigma`` pixels (reflect padding).
 
     Separable 1-D kernels truncated at 4 sigma, as scipy does; differentiable, so DifferNet's
-    gradient maps can be blurred the same way.
+    gradient maps can be blurred the same way. Maps up to 512 px are blurred as
+    ``K_H @ map @ K_W^T`` with the banded blur matrices (same result to float rounding as the
+    convolution, several times faster on CPU than a one-channel conv2d).
     """
     if sigma <= 0:
         return maps
+    h, w = maps.shape[-2:]
+    radius = _blur_radius(sigma, h, w)
+    if max(h, w) <= _DENSE_BLUR_MAX and maps.dtype in (torch.float32, torch.float64):
+        ky = _blur_matrix(h, radius, float(sigma), maps.dtype, maps.device)
+        kx = _blur_matrix(w, radius, float(sigma), maps.dtype, maps.device)
+        return ky @ maps @ kx.T
     squeeze = maps.dim() == 3
     x = maps[:, None] if squeeze else maps
-    radius = max(1, int(math.ceil(4 * sigma)))
-    radius = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-0.5 * (t / sigma) ** 2)
     kernel = kernel / kernel.sum()
@@ -42,3 +132,17 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kx, groups=c)
     x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), ky, groups=c)
     return x[:, 0] if squeeze else x
+
+
+def upsample_blur(maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """``gaussian_blur(upsample(maps, size), sigma)`` (same result to float rounding), as two
+    small matrix products: ``A_h @ map @ A_w^T`` with ``A = K_blur @ U_upsample`` of shape
+    ``[size, h]``. For a 64 x 64 PaDiM grid to 256 px that is ~5 M multiply-adds instead of
+    an interpolation and two convolutions over the 256 x 256 map. ``[B, h, w]`` -> ``[B, size, size]``."""
+    if maps.dtype not in (torch.float32, torch.float64):
+        return gaussian_blur(upsample(maps, size), sigma)
+    h, w = maps.shape[-2:]
+    radius = _blur_radius(sigma, size, size) if sigma > 0 else 0
+    ah = _upsample_blur_matrix(h, size, radius, float(sigma), maps.dtype, maps.device)
+    aw = ah if w == h else _upsample_blur_matrix(w, size, radius, float(sigma), maps.dtype, maps.device)
+    return ah @ maps @ aw.T

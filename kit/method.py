@@ -16,14 +16,20 @@ import pkgutil
 import random
 import types
 import typing
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 import torch
 
 from kit.data import ImageSet
+from kit.devices import DEVICE_CHOICES, resolve_device
+from kit.papers import Paper
+
+if TYPE_CHECKING:
+    from kit.synthetic import DefectGenerator
 
 # Modules that define methods. Registering a new method = adding its module here.
 METHODS_PACKAGE = "kit.methods"  # every module in it is a method file
@@ -35,7 +41,7 @@ class MethodConfig:
     """Settings every method shares. Subclasses add the paper's own fields."""
 
     backbone: str = "tf_efficientnet_lite0"  # timm name; offline Lite weights stand in for the papers' nets
-    weights: str = "auto"  # "auto" | "offline" | "hub" | "none" | path or URL (see kit/backbones.py)
+    weights: str = "auto"  # "auto" | "offline" | "hub" | "none" | path or URL (see kit/weights.py)
     image_size: int = 256  # S: images are squashed to S x S; maps come back at S x S
     seed: int = 0  # seeds python, numpy and torch for the whole run
     budget: str = "quick"  # "quick" (CI-sized) or "full" (the paper's protocol)
@@ -43,6 +49,7 @@ class MethodConfig:
     val_fraction: float = 0.1  # share of train/good held out to pick the threshold (never the test split)
     threshold_quantile: float = 0.99  # image threshold = this quantile of held-out normal scores
     max_train_images: int | None = None  # seeded subset of the training images (few-shot experiments)
+    device: str = "auto"  # "auto" (CUDA when torch sees it, else CPU), "cpu", "cuda" or "cuda:N"
 
     # Per-budget overrides of the fields above; subclasses fill these in.
     BUDGETS: ClassVar[dict[str, dict[str, Any]]] = {"quick": {}, "full": {}}
@@ -53,6 +60,10 @@ class MethodConfig:
         "val_fraction": (0.0, 0.9), "threshold_quantile": (0.5, 1.0),
         "max_train_images": (1, 10_000_000),
     }
+
+    # Settings that change where the work runs, not what is learned: a run made on the GPU
+    # is the same experiment as one on the CPU, so reuse and `fit --out` ignore them.
+    RUNTIME: ClassVar[tuple[str, ...]] = ("device",)
 
     def __post_init__(self):
         """Check every field's type and range (``LIMITS``); ConfigError names the field.
@@ -74,6 +85,9 @@ class MethodConfig:
                         raise ConfigError(f"{f.name}={item!r} is out of range: it must be between "
                                           f"{low} and {high}")
             setattr(self, f.name, value)
+        if not (self.device in DEVICE_CHOICES or re.fullmatch(r"cuda:\d+", self.device)):
+            raise ConfigError(f"device={self.device!r}: use one of {', '.join(DEVICE_CHOICES)} "
+                              "or cuda:N")
 
     @classmethod
     def for_budget(cls, budget: str = "quick", **overrides: Any) -> "MethodConfig":
@@ -153,33 +167,88 @@ def _checked(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
+MAP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")  # named maps become file keys and metric keys
+
+
 @dataclass
 class Prediction:
-    """Output of ``predict``: ``image_scores [B]`` and ``anomaly_maps [B, S, S]``; larger = more anomalous."""
+    """Output of ``predict``; larger = more anomalous everywhere.
+
+    - ``image_scores [B]`` and ``anomaly_maps [B, S, S]``: the method's primary result, the one
+      its paper reports and the run's headline metrics score.
+    - ``named_maps {name: [B, S, S]}``: optional further maps of the same model, e.g. the
+      components of a combined map (CLS-CNFs' ``A_p`` and ``A_nf``) or one map per scale. The
+      run scores each like the primary map, so a paper table whose columns are maps of one
+      model comes from one trained model.
+    - ``named_scores {name: [B]}``: image scores of named maps where the method defines them;
+      a named map without one is scored by its maximum, as PaDiM scores its map.
+    - ``reconstructions [B, 3, S, S]`` in [0, 1]: where the method reconstructs its input.
+    """
 
     image_scores: torch.Tensor
     anomaly_maps: torch.Tensor
+    named_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    named_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    reconstructions: torch.Tensor | None = None
+
+    def __post_init__(self):
+        b = self.image_scores.shape[0]
+        if self.anomaly_maps.dim() != 3 or self.anomaly_maps.shape[0] != b:
+            raise ValueError(f"anomaly_maps must be [B, S, S] with B={b}, got "
+                             f"{list(self.anomaly_maps.shape)}")
+        for name, value in {**self.named_maps, **self.named_scores}.items():
+            if not MAP_NAME.fullmatch(name) or name == "primary":
+                raise ValueError(f"map name {name!r}: use a letter, then letters, digits or _ "
+                                 "(at most 32; 'primary' is the main map's)")
+            if value.shape[0] != b:
+                raise ValueError(f"{name}: {value.shape[0]} rows for {b} images")
+        for name, value in self.named_maps.items():
+            if tuple(value.shape) != tuple(self.anomaly_maps.shape):
+                raise ValueError(f"named map {name}: shape {list(value.shape)}, the primary map "
+                                 f"has {list(self.anomaly_maps.shape)}")
+        unknown = set(self.named_scores) - set(self.named_maps)
+        if unknown:
+            raise ValueError(f"named_scores without a named map: {', '.join(sorted(unknown))}")
+        r = self.reconstructions
+        if r is not None and (r.dim() != 4 or r.shape[0] != b or r.shape[1] != 3
+                              or r.shape[-2:] != self.anomaly_maps.shape[-2:]):
+            raise ValueError(f"reconstructions must be [B, 3, S, S] like the maps, got {list(r.shape)}")
+
+    def map_score(self, name: str) -> torch.Tensor:
+        """Image scores ``[B]`` of the named map ``name``: the method's, else the map's maximum."""
+        if name in self.named_scores:
+            return self.named_scores[name]
+        return self.named_maps[name].flatten(1).max(1).values
+
+
+EpochCallback = Callable[[int, int, dict[str, float]], None]  # (epoch 1.., epochs, losses)
 
 
 @dataclass
-class AblationVariant:
-    """One column of a paper's ablation table: the overrides that make it and the paper's value."""
+class FitContext:
+    """What ``fit`` receives besides the training images. Nothing in it comes from the test split.
 
-    label: str
-    overrides: dict[str, Any]
-    paper_value: float | None = None  # in [0, 1]; None where the paper gives no number
+    - ``held_out``: the held-out normal images of ``train/good`` (early stopping, score
+      normalisation, weights between maps); None when ``val_fraction`` is 0.
+    - ``synthetic``: a seeded synthetic-defect generator over the training images
+      (``kit.synthetic``), for methods that learn from synthetic defects; None where the caller
+      gave none.
+    - ``seed``, ``device``: the run's seed and the torch device the method works on.
+    - ``on_epoch(epoch, epochs, losses)``: called after each epoch of a trained method; the
+      dashboard draws a live loss curve with it. ``progress``: show progress bars.
+    """
 
+    held_out: ImageSet | None = None
+    synthetic: "DefectGenerator | None" = None
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    on_epoch: EpochCallback | None = None
+    progress: bool = True
 
-@dataclass
-class Ablation:
-    """A paper's ablation study, run as one run per variant (tagged in the run's config)."""
-
-    name: str
-    title: str
-    metric: str  # key of metrics.json, e.g. "image_auroc"
-    paper_dataset: str  # where the paper's numbers come from, e.g. "MVTec AD mean"
-    variants: list[AblationVariant] = field(default_factory=list)
-    note: str = ""
+    def epoch_done(self, epoch: int, epochs: int, **losses: float) -> None:
+        """Report the end of ``epoch`` (1-based) of ``epochs`` with its losses."""
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, epochs, {k: float(v) for k, v in losses.items()})
 
 
 class AnomalyMethod(ABC):
@@ -187,16 +256,21 @@ class AnomalyMethod(ABC):
 
     name: ClassVar[str]
     config_cls: ClassVar[type[MethodConfig]]
-    title: ClassVar[str] = ""  # human name, e.g. "DifferNet (Rudolph et al., WACV 2021)"
+    paper: ClassVar[Paper]  # title, paper values, ablations, budget notes: kit/papers/<name>.py
     feature_spaces: ClassVar[tuple[str, ...]] = ("source",)  # names of the spaces embed() returns
-    paper_results: ClassVar[dict[str, dict[str, float]]] = {}  # {"mtd": {"image_auroc": 0.977}}
-    ablations: ClassVar[tuple[Ablation, ...]] = ()
 
     def __init__(self, config: MethodConfig):
         self.config = config
+        self.device = resolve_device(config.device)  # DeviceError now, not after the data is read
+
+    def fit_context(self, context: FitContext | None) -> FitContext:
+        """``context``, or for callers that give none (notebooks, tests) the plain one: the
+        config's seed and device, no held-out images, no synthetic defects."""
+        return context if context is not None else FitContext(seed=self.config.seed,
+                                                              device=self.device)
 
     @abstractmethod
-    def fit(self, train: ImageSet, progress: bool = True) -> dict[str, Any]:
+    def fit(self, train: ImageSet, context: FitContext | None = None) -> dict[str, Any]:
         """Learn from defect-free images. Returns a training log (e.g. loss per epoch)."""
 
     @abstractmethod
@@ -206,6 +280,11 @@ class AnomalyMethod(ABC):
     @abstractmethod
     def embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """One ``[B, D]`` feature vector per image for each name in ``feature_spaces``."""
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules the method holds (backbone, flows, ...), for parameter counts and
+        moving to a device. Default: every ``nn.Module`` attribute."""
+        return [v for v in vars(self).values() if isinstance(v, torch.nn.Module)]
 
     def inference_info(self) -> dict[str, Any]:
         """Facts a timing needs beside it, e.g. how many views came from a feature cache.

@@ -18,6 +18,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 SAMPLE_ROOT = PACKAGE_DIR / "sample"  # embedded MTD subset, see kit/sample/SOURCE.txt
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SHARED_SEEDS = REPO_ROOT.parent / "shared" / "seeds"  # the papers' text (kit/papers: Paper.seed_file)
 DEFAULT_CATEGORY = "magnetic_tile"
 
 

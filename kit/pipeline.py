@@ -15,7 +15,7 @@ import json
 import platform
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,20 +27,35 @@ import kit
 from kit import metrics as M
 from kit.data import (Category, DataWarning, ImageSet, Sample, check_masks, find_category,
                       split_train_val, subsample)
-from kit.method import AnomalyMethod, make_method, method_class, seed_everything
-from kit.runstore import Run, RunError, check_run_target, load_run, write_run
+from kit.method import (AnomalyMethod, EpochCallback, FitContext, make_method, method_class,
+                        seed_everything)
+from kit.devices import resolve_device
+from kit.runfacts import PeakRSS, model_facts
+from kit.runstore import Run, RunError, check_run_target, display_maps, load_run, write_run
 
 EMBED_TEST = 240  # test images whose features are stored for the embedding plots
 EMBED_NORMAL = 120  # training (defect-free) images stored likewise
+RECONSTRUCTION_SAMPLE = 64  # test images whose reconstruction a run keeps (both labels)
 
 
 @dataclass
 class Scored:
-    """Scores ``[N]`` and maps ``[N, S, S]`` of a list of samples, and the seconds it took."""
+    """Scores ``[N]`` and maps ``[N, S, S]`` of a list of samples, and the seconds it took;
+    the method's named maps ``{name: [N, S, S]}`` with their image scores ``{name: [N]}``, and
+    its reconstructions ``[N, 3, S, S]`` uint8 where it makes them."""
 
     scores: np.ndarray
     maps: np.ndarray
     seconds: float
+    named_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    named_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    reconstructions: np.ndarray | None = None
+
+    def of(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [N], maps [N, S, S])`` of the primary map or of a named one."""
+        if name == "primary":
+            return self.scores, self.maps
+        return self.named_scores[name], self.named_maps[name]
 
 
 def score_samples(method: AnomalyMethod, samples: list[Sample], progress: bool = True,
@@ -59,16 +74,33 @@ def score_images(method: AnomalyMethod, images: torch.Tensor, progress: bool = F
     (DifferNet's gradient maps need autograd). The dashboard scores uploads through here, so
     an upload gets exactly the score its run would give the same pixels.
     """
+    def numpy(x: torch.Tensor) -> np.ndarray:
+        return x.detach().float().cpu().numpy()
+
     scores, maps, seconds = [], [], 0.0
+    named_scores: dict[str, list[np.ndarray]] = {}
+    named_maps: dict[str, list[np.ndarray]] = {}
+    recon: list[np.ndarray] = []
     step = method.config.batch_size
     for first in progress_bar(range(0, len(images), step), desc, progress):
         batch = images[first:first + step].float() / 255.0
         start = time.perf_counter()
         pred = method.predict(batch)
         seconds += time.perf_counter() - start
-        scores.append(pred.image_scores.detach().float().cpu().numpy())
-        maps.append(pred.anomaly_maps.detach().float().cpu().numpy())
-    return Scored(np.concatenate(scores), np.concatenate(maps), seconds)
+        scores.append(numpy(pred.image_scores))
+        maps.append(numpy(pred.anomaly_maps))
+        for name in pred.named_maps:
+            named_scores.setdefault(name, []).append(numpy(pred.map_score(name)))
+            named_maps.setdefault(name, []).append(numpy(pred.named_maps[name]))
+        if pred.reconstructions is not None:
+            recon.append((numpy(pred.reconstructions).clip(0, 1) * 255).round().astype(np.uint8))
+    if not scores:
+        s = method.config.image_size
+        return Scored(np.zeros(0, np.float32), np.zeros((0, s, s), np.float32), 0.0)
+    return Scored(np.concatenate(scores), np.concatenate(maps), seconds,
+                  {k: np.concatenate(v) for k, v in named_scores.items()},
+                  {k: np.concatenate(v) for k, v in named_maps.items()},
+                  np.concatenate(recon) if recon else None)
 
 
 def map_statistics(normal_maps: np.ndarray) -> dict[str, float]:
@@ -120,33 +152,49 @@ def collect_features(method: AnomalyMethod, train: list[Sample], test: list[Samp
 
 
 def evaluate_scored(test: list[Sample], scored: Scored, image_size: int, threshold: float | None,
-                    has_masks: bool) -> dict[str, Any]:
-    """Metrics of scored test samples (pixel metrics only where masks exist)."""
+                    has_masks: bool, name: str = "primary") -> dict[str, Any]:
+    """Metrics of scored test samples (pixel metrics only where masks exist), of the primary
+    map or of the named map ``name``."""
     labels = np.array([s.label for s in test])
+    scores, maps = scored.of(name)
     if has_masks:
         masks, include = ImageSet(test, image_size).masks()
-        return M.evaluate(scored.scores, labels, scored.maps, masks, include, threshold=threshold)
-    return M.evaluate(scored.scores, labels, threshold=threshold)
+        return M.evaluate(scores, labels, maps, masks, include, threshold=threshold)
+    return M.evaluate(scores, labels, threshold=threshold)
+
+
+def named_map_metrics(test: list[Sample], scored: Scored, normal: Scored, image_size: int,
+                      quantile: float, has_masks: bool) -> dict[str, dict[str, Any]]:
+    """``{name: metrics}`` of every named map, each thresholded on its own held-out normal
+    scores exactly as the primary map is."""
+    out = {}
+    for name in scored.named_maps:
+        threshold = M.threshold_from_normal(normal.named_scores[name], quantile)
+        out[name] = evaluate_scored(test, scored, image_size, threshold, has_masks, name)
+    return out
 
 
 def run_experiment(method_name: str, data_root: Path | str, category: str, out_dir: Path | str,
                    budget: str = "quick", seed: int = 0, overrides: dict[str, Any] | None = None,
                    tags: dict[str, Any] | None = None, progress: bool = True,
                    overwrite: bool = False,
-                   on_stage: Callable[[str, float], None] | None = None) -> Path:
+                   on_stage: Callable[[str, float], None] | None = None,
+                   on_epoch: EpochCallback | None = None) -> Path:
     """Fit ``method_name`` on ``category`` and write a complete run to ``out_dir``.
 
     ``tags`` land in config.json (e.g. ``{"ablation": "table3", "variant": "A"}``) so the
     dashboard can find the runs of an ablation. ``on_stage(stage, fraction)`` is called as the
-    run moves on (the dashboard drives its progress bar with it).
+    run moves on (the dashboard drives its progress bar with it); ``on_epoch(epoch, epochs,
+    losses)`` after each training epoch of a trained method (the dashboard's loss curve).
     """
     stage = on_stage or (lambda name, fraction: None)
     stage("reading data", 0.0)
     # Everything that can be refused is checked before the fit, never after it: the run
-    # folder, the settings, the data layout and every mask.
+    # folder, the settings (the device among them), the data layout and every mask.
     data_root = Path(data_root).resolve()  # runs store absolute image paths
     overrides = dict(overrides or {})
-    method_class(method_name).config_cls.for_budget(budget, seed=seed, **overrides)
+    checked = method_class(method_name).config_cls.for_budget(budget, seed=seed, **overrides)
+    resolve_device(checked.device)
     if not overwrite and (Path(out_dir).exists() or Path(out_dir).is_symlink()):
         raise RunError(existing_run_message(Path(out_dir), method_name, budget, seed, overrides,
                                             data_root, category))
@@ -160,23 +208,31 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
     fit_samples, val_samples = split_train_val(cat.train, cfg.val_fraction, seed)
     if cfg.max_train_images:
         fit_samples = subsample(fit_samples, cfg.max_train_images, seed)
+    context = FitContext(held_out=ImageSet(val_samples, cfg.image_size) if val_samples else None,
+                         synthetic=synthetic_generator(fit_samples, cat.name, cfg.image_size, seed),
+                         seed=seed, device=method.device, on_epoch=on_epoch, progress=progress)
 
     stage("fitting", 0.05)
     start = time.perf_counter()
-    train_log = method.fit(ImageSet(fit_samples, cfg.image_size), progress=progress)
+    with PeakRSS() as fit_memory:
+        train_log = method.fit(ImageSet(fit_samples, cfg.image_size), context)
     fit_seconds = time.perf_counter() - start
 
     normal_samples = val_samples or fit_samples
     stage("scoring held-out normals", 0.6)
-    normal = score_samples(method, normal_samples, progress, desc="scoring normals")
-    threshold = M.threshold_from_normal(normal.scores, cfg.threshold_quantile)
-    stage("scoring the test split", 0.7)
-    info_before = method.inference_info()
-    test = score_samples(method, cat.test, progress, desc="scoring test")
-    info_after = method.inference_info()
+    with PeakRSS() as score_memory:
+        normal = score_samples(method, normal_samples, progress, desc="scoring normals")
+        threshold = M.threshold_from_normal(normal.scores, cfg.threshold_quantile)
+        stage("scoring the test split", 0.7)
+        info_before = method.inference_info()
+        test = score_samples(method, cat.test, progress, desc="scoring test")
+        info_after = method.inference_info()
     inference_info = {k: v - info_before.get(k, 0) if isinstance(v, (int, float)) else v
                       for k, v in info_after.items()}
+    # metrics on the full-size maps, before the run stores display-sized copies
     results = evaluate_scored(cat.test, test, cfg.image_size, threshold, cat.has_masks)
+    per_map = named_map_metrics(cat.test, test, normal, cfg.image_size, cfg.threshold_quantile,
+                                cat.has_masks)
     stage("collecting features for embeddings", 0.9)
     features = collect_features(method, fit_samples, cat.test, seed, progress)
 
@@ -185,8 +241,10 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
                       else (None, np.zeros(len(cat.test), bool)))
     curve_data = M.curves(test.scores, labels, test.maps if cat.has_masks else None, masks,
                           include if cat.has_masks else None)
+    state = method.state_dict()
     metrics = {
         **results,
+        "maps": per_map,
         "method": method_name, "backbone": cfg.backbone, "image_size": cfg.image_size,
         "budget": budget, "seed": seed, "n_train": len(fit_samples), "n_val": len(val_samples),
         "n_test": len(cat.test), "fit_seconds": round(fit_seconds, 3),
@@ -194,7 +252,9 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
         "inference_info": inference_info,
         "threshold_source": "held-out normal training images" if val_samples
         else "fit images (in-sample)",
-        "dataset": cat.name,
+        "dataset": cat.name, "device": str(method.device),
+        "fit_peak_rss_mb": fit_memory.peak_mb, "score_peak_rss_mb": score_memory.peak_mb,
+        **model_facts(method.modules(), state),
     }
     config = {
         "method": method_name, "method_config": cfg.to_dict(), "data_root": str(Path(data_root).resolve()),
@@ -210,15 +270,30 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
     rows = [{"index": i, "name": s.name, "path": str(s.path), "defect_type": s.defect_type,
              "label": s.label, "score": float(test.scores[i]), "pixel_included": bool(include[i])}
             for i, s in enumerate(cat.test)]
+    reconstructions = None
+    if test.reconstructions is not None:
+        keep = _embedding_indices(labels, RECONSTRUCTION_SAMPLE, seed)
+        reconstructions = (keep, test.reconstructions[keep])
     stage("writing the run", 0.97)
     path = write_run(out_dir, config=config, metrics=metrics, scores=rows, maps=test.maps,
-                     map_stats={**map_statistics(normal.maps), "threshold": threshold},
+                     map_stats={**map_statistics(display_maps(normal.maps)), "threshold": threshold},
+                     named_maps=test.named_maps,
+                     named_map_stats={name: map_statistics(display_maps(normal.named_maps[name]))
+                                      for name in test.named_maps},
+                     reconstructions=reconstructions,
                      curves=curve_data, features=features,
-                     checkpoint={"method": method_name, "config": cfg.to_dict(),
-                                 "state": method.state_dict()},
+                     checkpoint={"method": method_name, "config": cfg.to_dict(), "state": state},
                      overwrite=overwrite)
     stage("done", 1.0)
     return path
+
+
+def synthetic_generator(fit_samples: list[Sample], category: str, image_size: int, seed: int):
+    """The seeded synthetic-defect generator of a fit (``kit.synthetic``) over its training
+    images; built lazily by the generator itself, so methods that never call it pay nothing."""
+    from kit.synthetic import DefectGenerator, category_is_texture
+    return DefectGenerator([s.path for s in fit_samples], image_size, seed,
+                           texture=category_is_texture(category))
 
 
 def warn_left_out(cat: Category, shown: int = 10) -> None:
@@ -248,7 +323,7 @@ def config_differences(run: Run, method_name: str, budget: str = "quick", seed: 
     stored = _plain(run.config.get("method_config"))
     stored = stored if isinstance(stored, dict) else {}
     return [(key, stored.get(key), expected[key]) for key in expected
-            if stored.get(key) != expected[key]]
+            if stored.get(key) != expected[key] and key not in cls.config_cls.RUNTIME]
 
 
 def run_fingerprint(run: Run) -> str | None:
@@ -299,15 +374,16 @@ def existing_run_message(run_dir: Path, method_name: str, budget: str, seed: int
             "--overwrite to replace it, or choose another --out")
 
 
-def restore_method(run_dir: Path | str) -> AnomalyMethod:
-    """Rebuild a run's method from its checkpoint (``weights_only=True``)."""
+def restore_method(run_dir: Path | str, device: str = "auto") -> AnomalyMethod:
+    """Rebuild a run's method from its checkpoint (``weights_only=True``) on ``device``
+    (not the device it was fitted on: a run made on a GPU opens on a laptop)."""
     run = load_run(run_dir)
     ckpt = run.checkpoint()
     if not {"method", "config", "state"} <= set(ckpt) or not isinstance(ckpt["config"], dict):
         raise RunError(f"{run.path / 'checkpoint.pt'}: not a run checkpoint (expected method, "
                        "config and state)")
     cls = method_class(ckpt["method"])
-    config = cls.config_cls.from_dict(ckpt["config"])
+    config = cls.config_cls.from_dict({**ckpt["config"], "device": device})
     seed_everything(config.seed)  # same seed as at fit time: untrained ("none") backbones match too
     method = cls(config)
     try:
@@ -323,11 +399,20 @@ def rescore_run(run_dir: Path | str, data_root: Path | str | None = None,
                 progress: bool = True) -> dict[str, Any]:
     """Score a run's test split again from its checkpoint; returns fresh metrics."""
     run = load_run(run_dir)
+    cat = find_category(data_root or run.config["data_root"], run.config["category"])
+    scored = full_size_scores(run_dir, data_root, progress)
+    return evaluate_scored(cat.test, scored, run.metrics["image_size"],
+                           run.metrics.get("threshold"), cat.has_masks)
+
+
+def full_size_scores(run_dir: Path | str, data_root: Path | str | None = None,
+                     progress: bool = True) -> Scored:
+    """A run's test split scored again from its checkpoint: maps at the method's full size
+    ``[N, S, S]`` (the run folder keeps display copies only), in scores.csv order."""
+    run = load_run(run_dir)
     method = restore_method(run_dir)
     cat = find_category(data_root or run.config["data_root"], run.config["category"])
-    scored = score_samples(method, cat.test, progress, desc="re-scoring test")
-    return evaluate_scored(cat.test, scored, method.config.image_size,
-                           run.metrics.get("threshold"), cat.has_masks)
+    return score_samples(method, cat.test, progress, desc="re-scoring test")
 
 
 def describe(category: Category) -> str:

@@ -178,6 +178,19 @@ def _colorbar_trace(scale: MapScale) -> dict:
                                               showscale=True, colorbar=bar))
 
 
+def resize_map(amap: np.ndarray, size: int) -> np.ndarray:
+    """Map ``[h, w]`` -> ``[size, size]`` float32, bilinear: runs store small display copies
+    of their maps, drawn over the image at the size the method saw it."""
+    amap = np.asarray(amap, dtype=np.float32)
+    if amap.shape == (size, size):
+        return amap
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(amap))[None, None]
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                           align_corners=False)[0, 0].numpy()
+
+
 def anomaly_map_figure(amap: np.ndarray, scale: MapScale, title: str = "",
                        height: int = 260) -> go.Figure:
     """Anomaly map ``[H, W]`` on the run's fixed scale, with the pixel threshold contour."""
@@ -354,5 +367,42 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
             ax.contour(np.asarray(masks[i]).astype(float), levels=[0.5], colors="lime", linewidths=1)
         if titles is not None:
             ax.set_title(titles[i], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def synthetic_grid(examples, originals=None, per_row: int = 2, size: float = 2.4):
+    """A static matplotlib grid of synthetic defects (``kit.synthetic.SyntheticDefect``).
+
+    Each example takes adjacent panels: its normal image (when ``originals``, ``[3, S, S]``
+    tensors, are given), the defective image, and its mask beside it (the
+    soft label where one was drawn, on a fixed 0..1 scale). Titles say the shape, source and
+    blend factor beta; a draw that fell only on the background is titled "normal". Returns the
+    figure.
+    """
+    import matplotlib.pyplot as plt
+
+    examples = list(examples)
+    panels = 3 if originals is not None else 2
+    per_row = max(1, min(per_row, len(examples) or 1))
+    nrows = max(1, -(-len(examples) // per_row))
+    fig, axes = plt.subplots(nrows, per_row * panels, figsize=(size * per_row * panels, size * nrows),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, ex in enumerate(examples):
+        row, col = divmod(i, per_row)
+        cells = axes[row, col * panels:(col + 1) * panels]
+        image = ex.image.permute(1, 2, 0).numpy()
+        mask = ex.mask.numpy()
+        if originals is not None:
+            cells[0].imshow(np.clip(originals[i].permute(1, 2, 0).numpy(), 0, 1))
+            cells[0].set_title("normal", fontsize=8)
+        cells[-2].imshow(np.clip(image, 0, 1))  # no outline: it would hide a small defect
+        label = f"{ex.shape} · {ex.source} · β={ex.beta:.2f}" if ex.has_defect else f"{ex.shape}: normal"
+        cells[-2].set_title(label, fontsize=8)
+        shown = ex.soft_label.numpy() if ex.soft_label is not None else mask
+        cells[-1].imshow(shown, cmap="gray", vmin=0, vmax=1)
+        cells[-1].set_title("soft label" if ex.soft_label is not None else "mask", fontsize=8)
     fig.tight_layout()
     return fig

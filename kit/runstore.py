@@ -152,28 +152,93 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _compact(maps: np.ndarray) -> np.ndarray:
-    """float16 halves the largest file of a run; keep float32 where values would overflow it."""
+# px of the stored maps and reconstructions (metrics use full resolution). 96 keeps a quick
+# DifferNet run on MTD under 30 MB beside its 26 MB flow; maps are smooth at this size (PaDiM's
+# own grid is 64 x 64 at 256 px) and the dashboard draws them over the image at full size.
+DISPLAY_SIZE = 96
+
+
+def display_maps(maps: np.ndarray, size: int = DISPLAY_SIZE) -> np.ndarray:
+    """``[N, S, S]`` -> ``[N, D, D]`` float32 with ``D = min(S, size)``, by area averaging.
+
+    Runs keep their maps for display only; at S = 256 full-size maps were most of a run's
+    disk. The metrics are computed on the full maps before this.
+    """
     maps = np.asarray(maps, dtype=np.float32)
-    finite_max = float(np.abs(maps).max()) if maps.size else 0.0
-    return maps.astype(np.float16) if finite_max < 6e4 else maps
+    if maps.ndim != 3 or maps.shape[-1] <= size and maps.shape[-2] <= size:
+        return maps
+    out = [torch.nn.functional.interpolate(torch.from_numpy(maps[i:i + 64])[:, None],
+                                           size=(size, size), mode="area")[:, 0].numpy()
+           for i in range(0, len(maps), 64)]
+    return np.concatenate(out) if out else np.zeros((0, size, size), np.float32)
+
+
+def _quantise(maps: np.ndarray) -> dict[str, np.ndarray]:
+    """8 bits per pixel, square-root companded over ``[lo, hi]``: ``q = 255 sqrt(u)``.
+
+    The square root spends the levels where normal values lie (near ``lo``); the largest
+    error is about 0.4 % of ``hi - lo``, invisible on a colour scale.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    finite = maps[np.isfinite(maps)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    span = hi - lo if hi > lo else 1.0
+    u = np.clip(np.nan_to_num((maps - lo) / span, nan=0.0), 0.0, 1.0)
+    return {"q": np.round(255 * np.sqrt(u)).astype(np.uint8), "lo": np.float64(lo),
+            "hi": np.float64(hi)}
+
+
+def _dequantise(q: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return (lo + (q.astype(np.float32) / 255.0) ** 2 * (hi - lo)).astype(np.float32)
+
+
+def _map_arrays(key: str, maps: np.ndarray) -> dict[str, np.ndarray]:
+    packed = _quantise(display_maps(maps))
+    return {key: packed["q"], f"{key}_lo": packed["lo"], f"{key}_hi": packed["hi"]}
+
+
+def _half_if_safe(values: np.ndarray) -> np.ndarray:
+    """float16 for float arrays whose values it holds (features for embedding plots need no
+    more), else unchanged; halves features.npz."""
+    if values.dtype.kind != "f" or not values.size:
+        return values
+    finite = values[np.isfinite(values)]
+    return values.astype(np.float16) if not finite.size or np.abs(finite).max() < 6e4 else values
+
+
+def _to_uint8_images(images: np.ndarray, size: int = DISPLAY_SIZE) -> np.ndarray:
+    """``[n, 3, S, S]`` in [0, 1] (or uint8) -> uint8 ``[n, 3, D, D]``."""
+    images = np.asarray(images)
+    x = images.astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
+    if x.shape[-1] > size:
+        x = torch.nn.functional.interpolate(torch.from_numpy(x), size=(size, size),
+                                            mode="area").numpy()
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
 def write_run(run_dir: Path | str, *, config: dict, metrics: dict, scores: list[dict],
               maps: np.ndarray, map_stats: dict, curves: dict,
               features: dict[str, dict[str, np.ndarray]], checkpoint: dict,
+              named_maps: dict[str, np.ndarray] | None = None,
+              named_map_stats: dict[str, dict] | None = None,
+              reconstructions: tuple[np.ndarray, np.ndarray] | None = None,
               overwrite: bool = False) -> Path:
     """Write a complete run folder atomically and return its path.
 
-    maps: ``[N, H, W]`` anomaly maps of the test images, in ``scores`` order (stored float16
-    unless their values exceed float16's range).
+    maps: ``[N, H, W]`` anomaly maps of the test images, in ``scores`` order; named_maps:
+    ``{name: [N, H, W]}`` the method's further maps, with their normal-data statistics in
+    named_map_stats. Maps are stored for display: at most ``DISPLAY_SIZE`` px, 8 bits
+    (:func:`_quantise`). reconstructions: ``(test indices [n], images [n, 3, H, W])`` of a
+    sample of test images, stored as uint8 at the display size.
     features: ``{space: {"x": [n, D], "label": [n], "split": [n] str}}``.
     """
     missing = [k for k in REQUIRED_METRICS if k not in metrics]
     if missing:
         raise RunError(f"{run_dir}: metrics lack {', '.join(missing)}")
-    if len(scores) != len(maps):
-        raise RunError(f"{run_dir}: {len(scores)} score rows but {len(maps)} maps")
+    named_maps = named_maps or {}
+    for name, values in {"maps": maps, **named_maps}.items():
+        if len(scores) != len(values):
+            raise RunError(f"{run_dir}: {len(scores)} score rows but {len(values)} {name}")
     run_dir = check_run_target(run_dir, overwrite)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(run_dir.parent)
@@ -190,12 +255,21 @@ def write_run(run_dir: Path | str, *, config: dict, metrics: dict, scores: list[
         for row in scores:
             writer.writerow({k: row[k] for k in SCORE_COLUMNS})
         (tmp / "scores.csv").write_text(buf.getvalue())
-        np.savez_compressed(tmp / "maps.npz", maps=_compact(maps),
-                            **{f"stat_{k}": np.asarray(v) for k, v in map_stats.items()})
+        arrays = {"format": np.int64(2), **_map_arrays("maps", maps),
+                  **{f"stat_{k}": np.asarray(v) for k, v in map_stats.items()}}
+        for name, values in named_maps.items():
+            arrays.update(_map_arrays(f"map_{name}", values))
+            arrays.update({f"nstat_{name}__{k}": np.asarray(v)
+                           for k, v in (named_map_stats or {}).get(name, {}).items()})
+        if reconstructions is not None:
+            index, images = reconstructions
+            arrays["reconstruction_index"] = np.asarray(index, dtype=np.int64)
+            arrays["reconstructions"] = _to_uint8_images(images)
+        np.savez_compressed(tmp / "maps.npz", **arrays)
         arrays = {}
         for space, parts in features.items():
             for part, values in parts.items():
-                arrays[f"{space}__{part}"] = np.asarray(values)
+                arrays[f"{space}__{part}"] = _half_if_safe(np.asarray(values))
         np.savez_compressed(tmp / "features.npz", **arrays)
         torch.save(checkpoint, tmp / "checkpoint.pt")
         if run_dir.exists():  # overwrite: move the old run aside first, then drop it
@@ -240,17 +314,58 @@ class Run:
             r["pixel_included"] = r["pixel_included"] in ("True", "1", "true")
         return rows
 
+    def _map_file(self, key: str) -> np.ndarray:
+        with np.load(self.path / "maps.npz") as z:
+            if key not in z.files:
+                raise RunError(f"{self.path / 'maps.npz'}: holds no {key}")
+            if f"{key}_lo" in z.files:  # display copies, 8 bits (runs since maps.npz format 2)
+                return _dequantise(z[key], float(z[f"{key}_lo"]), float(z[f"{key}_hi"]))
+            return z[key].astype(np.float32)  # older runs: full-size float16 / float32
+
     @cached_property
     def maps(self) -> np.ndarray:
-        """Anomaly maps ``[N, H, W]`` (float16, or float32 for large values), rows in scores.csv order."""
+        """The primary anomaly maps ``[N, D, D]`` float32 for display (:data:`DISPLAY_SIZE`
+        px at most), rows in scores.csv order. Metrics were computed at full size."""
+        return self._map_file("maps")
+
+    @cached_property
+    def map_names(self) -> list[str]:
+        """Names of the method's further maps (``Prediction.named_maps``), sorted."""
         with np.load(self.path / "maps.npz") as z:
-            return z["maps"]
+            return sorted(k[4:] for k in z.files if k.startswith("map_") and
+                          not k.endswith(("_lo", "_hi")))
+
+    def named_map(self, name: str | None) -> np.ndarray:
+        """Maps ``[N, D, D]`` of a named map; ``None`` or ``"primary"`` = the primary ones."""
+        if name in (None, "primary"):
+            return self.maps
+        if name not in self.map_names:
+            raise RunError(f"{self.path}: no map named {name!r} (it has: primary"
+                           + "".join(f", {n}" for n in self.map_names) + ")")
+        return self._map_file(f"map_{name}")
+
+    def map_stats_of(self, name: str | None) -> dict[str, float]:
+        """Normal-data statistics of a named map (``None`` / ``"primary"``: :attr:`map_stats`)."""
+        if name in (None, "primary"):
+            return self.map_stats
+        prefix = f"nstat_{name}__"
+        with np.load(self.path / "maps.npz") as z:
+            return {k[len(prefix):]: float(z[k]) for k in z.files if k.startswith(prefix)}
 
     @cached_property
     def map_stats(self) -> dict[str, float]:
         """Statistics of anomaly maps on held-out normal images (for display normalisation)."""
         with np.load(self.path / "maps.npz") as z:
             return {k[5:]: float(z[k]) for k in z.files if k.startswith("stat_")}
+
+    @cached_property
+    def reconstructions(self) -> dict[int, np.ndarray]:
+        """``{test index: uint8 [3, D, D]}`` for the sample of test images whose
+        reconstruction the run stored (empty for methods that reconstruct nothing)."""
+        with np.load(self.path / "maps.npz") as z:
+            if "reconstructions" not in z.files:
+                return {}
+            return {int(i): img for i, img in zip(z["reconstruction_index"], z["reconstructions"])}
 
     @cached_property
     def curves(self) -> dict:
@@ -262,7 +377,9 @@ class Run:
         with np.load(self.path / "features.npz", allow_pickle=False) as z:
             for key in z.files:
                 space, part = key.split("__", 1)
-                out.setdefault(space, {})[part] = z[key]
+                values = z[key]
+                out.setdefault(space, {})[part] = (values.astype(np.float32)
+                                                   if values.dtype == np.float16 else values)
         return out
 
     def checkpoint(self) -> dict:

@@ -5,9 +5,10 @@
 
 Protocol
 - ``train/good`` of MTD is split 80 / 20 with a fixed seed (``DEV_SEED``); the flow sees the 80 %.
-- The held-out 20 % are the dev normals. Each gets one synthetic defective copy, made inline
-  here (no test image is touched): a pasted DTD texture patch, a dark blob (blowhole-like) or a
-  thin dark random-walk line (crack-like), one kind per image in turn.
+- The held-out 20 % are the dev normals. Each gets one synthetic defective copy from
+  ``kit.synthetic`` (no test image is touched): a Perlin-shaped DTD patch, a blob
+  (blowhole-like) or a line / thin scratch (crack-like), one kind per image in turn, sized in
+  pixels of each original image (MTD's originals vary from about 100 to 630 px).
 - Dev metrics: AUROC dev-normal vs dev-synthetic (scores = eq. 5 over 1 / 4 / 8 fixed test
   transforms) and the held-out NLL per dimension of the dev normals (lower = better density
   fit, comparable only between flows on the same features).
@@ -21,19 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from kit.data import ImageSet, find_category, split_train_val
 from kit.methods.differnet import IDENTITY, DifferNet, DifferNetConfig, fixed_test_transforms, train_transform_pool
 from kit.flows import Flow, nll, subnet_fc
-from kit.paths import SHARED_DATA, dtd_root
+from kit.paths import SHARED_DATA
+from kit.synthetic import DefectGenerator, SyntheticConfig, original_size
 
 DEV_SEED = 100
 LAYERS = (1, 2, 3, 4)
@@ -44,47 +44,38 @@ N_DEV_T = 8
 
 
 # ------------------------------------------------------------------------------------------------
-# synthetic defects (dev only)
+# synthetic defects (dev only): kit.synthetic, sizes in pixels of each original MTD image
 
-def _dtd_files() -> list[Path]:
-    root = dtd_root()
-    return sorted(p for p in root.rglob("*.jpg")) if root else []
+DEV_KINDS = ("texture", "blob", "line")  # dev image i gets kind i % 3; the per_kind_t8 names
 
 
-def synthetic_defect(image: torch.Tensor, kind: int, rng: np.random.Generator, dtd: list[Path]) -> torch.Tensor:
-    """One defective copy of ``image [3, S, S]`` (grayscale replicated), values in [0, 1]."""
-    s = image.shape[-1]
-    g = image[0].numpy().copy()
-    yy, xx = np.mgrid[0:s, 0:s]
-    if kind == 0 and dtd:  # pasted texture patch with a soft elliptical edge
-        h, w = rng.integers(s // 10, s // 4, size=2)
-        tex = Image.open(dtd[rng.integers(len(dtd))]).convert("L")
-        left, top = rng.integers(0, max(1, tex.width - 2 * w)), rng.integers(0, max(1, tex.height - 2 * h))
-        tex = np.asarray(tex.crop((left, top, left + 2 * w, top + 2 * h)).resize((w, h)), np.float32) / 255
-        y0, x0 = rng.integers(0, s - h), rng.integers(0, s - w)
-        ey, ex = np.mgrid[0:h, 0:w]
-        soft = np.clip(1.5 - np.sqrt(((ey - h / 2) / (h / 2)) ** 2 + ((ex - w / 2) / (w / 2)) ** 2) * 1.5, 0, 1)
-        alpha = rng.uniform(0.5, 1.0) * soft
-        patch = g[y0:y0 + h, x0:x0 + w]
-        g[y0:y0 + h, x0:x0 + w] = (1 - alpha) * patch + alpha * tex
-    elif kind == 1:  # dark blob
-        r = rng.uniform(s / 40, s / 14)
-        cy, cx = rng.uniform(r, s - r, size=2)
-        d = np.sqrt(((yy - cy) / r) ** 2 + ((xx - cx) / (r * rng.uniform(0.6, 1.4))) ** 2)
-        g = g * (1 - rng.uniform(0.4, 0.7) * np.clip(1.5 - d, 0, 1))
-    else:  # thin dark random-walk line
-        y, x = rng.uniform(0.2 * s, 0.8 * s, size=2)
-        angle = rng.uniform(0, 2 * math.pi)
-        mask = np.zeros((s, s), np.float32)
-        for _ in range(int(rng.uniform(0.15, 0.4) * s)):
-            angle += rng.normal(0, 0.3)
-            y, x = y + math.sin(angle), x + math.cos(angle)
-            iy, ix = int(round(y)), int(round(x))
-            if 1 <= iy < s - 1 and 1 <= ix < s - 1:
-                mask[iy - 1:iy + 1, ix - 1:ix + 1] = 1
-        g = g * (1 - rng.uniform(0.4, 0.7) * mask)
-    g = np.clip(g, 0, 1).astype(np.float32)
-    return torch.from_numpy(g)[None].repeat(3, 1, 1)
+def dev_generators(normals: list[Path], size: int) -> list[DefectGenerator]:
+    """One seeded generator per dev kind, drawing content from ``normals`` (the fit images).
+
+    texture: a Perlin-shaped DTD patch (the CLS-CNFs / DRAEM defect); blob: a blowhole-sized
+    blob (4-40 px of the original); line: a straight line or a thin scratch (crack-like). The
+    source is made gray on these grayscale images (``keep_gray``), and a draw that comes out
+    empty is redrawn (``attempts``), so every dev image gets a defect.
+    """
+    kinds = {"texture": dict(shapes=("perlin",), sources=("dtd",)),
+             "blob": dict(shapes=("blob",)),
+             "line": dict(shapes=("line", "scratch"))}
+    return [DefectGenerator(normals, size, DEV_SEED, texture=True,
+                            config=SyntheticConfig(keep_gray=True, attempts=10, **kinds[k]))
+            for k in DEV_KINDS]
+
+
+def dev_defects(dev_samples: list, dev_normal: torch.Tensor, normals: list[Path], size: int) -> torch.Tensor:
+    """``[N, 3, S, S]``: one synthetic defective copy of each dev normal, kind ``i % 3``, key ``i``."""
+    gens = dev_generators(normals, size)
+    out = []
+    for i, (sample, image) in enumerate(zip(dev_samples, dev_normal)):
+        d = gens[i % len(DEV_KINDS)](image, i, original_size=original_size(sample.path))
+        if not d.has_defect:
+            raise RuntimeError(f"{sample.path}: no synthetic {DEV_KINDS[i % len(DEV_KINDS)]} defect after "
+                               f"{gens[i % len(DEV_KINDS)].config.attempts} draws")
+        out.append(d.image)
+    return torch.stack(out)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -105,13 +96,12 @@ def extract(size: int, data_root: Path, out: Path, backbone: str) -> None:
     train = m._training_features(ImageSet(fit_s, size), params, progress=True).numpy()
     t_train = time.perf_counter() - t0
     dev_normal = torch.stack([img for img in ImageSet(dev_s, size)])
-    rng, dtd = np.random.default_rng(DEV_SEED), _dtd_files()
-    dev_defect = torch.stack([synthetic_defect(img, i % 3, rng, dtd) for i, img in enumerate(dev_normal)])
+    dev_defect = dev_defects(dev_s, dev_normal, [s.path for s in fit_s], size)
     tp = fixed_test_transforms(m.config)
     feats = [m.cached_features(dev_normal[i:i + 8], tp).numpy() for i in range(0, len(dev_normal), 8)]
     feats_d = [m.cached_features(dev_defect[i:i + 8], tp).numpy() for i in range(0, len(dev_defect), 8)]
     np.savez(out, train=train, dev_normal=np.concatenate(feats), dev_defect=np.concatenate(feats_d),
-             kinds=np.arange(len(dev_defect)) % 3, channels=np.array(m.extractor.channels),
+             kinds=np.arange(len(dev_defect)) % len(DEV_KINDS), channels=np.array(m.extractor.channels),
              scales=np.array(m.config.scales))
     print(f"extracted size {size}: train {train.shape} in {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s")
     extract_identity(size, data_root, out, backbone)
@@ -220,7 +210,7 @@ def sweep(size: int, feats: Path, out: Path, names: list[str] | None, standardiz
             s = r.pop("_scores")
             kinds = data["kinds"]
             per_kind = {}
-            for k, kname in enumerate(("texture", "blob", "line")):
+            for k, kname in enumerate(DEV_KINDS):
                 lab = np.r_[np.zeros(len(s["n"])), np.ones((kinds == k).sum())]
                 per_kind[kname] = round(roc_auc_score(lab, np.r_[s["n"].mean(1), s["d"][kinds == k].mean(1)]), 4)
             row = {"size": size, "backbone": backbone, "rotation": ROTATION, "setting": name, "dim": len(cols), "standardize": std, "hidden": hidden,

@@ -24,11 +24,12 @@ from streamlit.testing.v1 import AppTest
 import kit.method
 from fixtures_runs import TINY, TOY, broken_run, moved_run, toy_runs
 from kit.app import common, try_it
-from kit.method import Ablation, AblationVariant, load_methods
+from kit.method import load_methods
 from kit.methods.padim import Padim
+from kit.papers import Ablation, AblationVariant, Paper
 from kit.paths import REPO_ROOT
 from kit.pipeline import restore_method
-from kit.runstore import load_run
+from kit.runstore import display_maps, load_run
 
 APP = str(REPO_ROOT / "app.py")
 METHODS = sorted(load_methods())
@@ -240,7 +241,7 @@ def test_curves_page(toy):
     ours = table[table["source"] == "ours"]
     assert sorted(ours["run"]) == sorted(r.name for r in runs)
     assert ours["image AUROC"].notna().all()
-    declared = {n for n in toy["methods"] if load_methods()[n].paper_results}
+    declared = {n for n in toy["methods"] if load_methods()[n].paper.results}
     assert set(table.loc[table["source"] != "ours", "method"]) == declared  # the papers' rows
     assert {"curve_image_roc", "curve_image_pr", "curve_pixel_roc", "curve_pro",
             *(f"hist_{r.name}" for r in runs)} <= charts(at)
@@ -278,12 +279,12 @@ class FakeAblated(Padim):
     """PaDiM under another name, declaring a small ablation (a stand-in for a paper's table)."""
 
     name = "fakeabl"
-    title = "Fake method"
-    ablations = (Ablation(name="toyabl", title="Table 9: channels", metric="image_auroc",
-                          paper_dataset="nowhere", variants=[
-                              AblationVariant("A", {"n_features": 40}, 0.9),
-                              AblationVariant("B", {"n_features": 20}, 0.95),
-                              AblationVariant("C", {"blur_sigma": 2.0}, None)]),)
+    paper = Paper(method="fakeabl", title="Fake method", ablations=(
+        Ablation(name="toyabl", title="Table 9: channels", metric="image_auroc",
+                 paper_dataset="nowhere", variants=[
+                     AblationVariant("A", {"n_features": 40}, 0.9),
+                     AblationVariant("B", {"n_features": 20}, 0.95),
+                     AblationVariant("C", {"blur_sigma": 2.0}, None)]),))
 
 
 def test_ablations_page_with_a_registered_fake_method(toy, tmp_path, monkeypatch):
@@ -392,8 +393,11 @@ def test_try_it_scores_as_the_pipeline(toy, method):
     size = run.config["method_config"]["image_size"]
     assert small.shape == (size, size, 3)
     assert score == pytest.approx(row["score"], rel=1e-5)
-    np.testing.assert_allclose(amap, run.maps[int(row["index"])].astype(np.float32), rtol=2e-3,
-                               atol=1e-3 * float(np.abs(amap).max()))
+    # the run keeps a display copy (at most DISPLAY_SIZE px, 8 bits: within 0.4 % of the
+    # stored maps' value range); the upload's full map, shrunk the same way, must match it
+    shown = display_maps(amap[None])[0]
+    np.testing.assert_allclose(shown, run.maps[int(row["index"])], rtol=0,
+                               atol=0.005 * float(np.ptp(run.maps)) + 1e-6)
 
 
 @pytest.mark.parametrize("name,data,message", [
@@ -411,15 +415,21 @@ def test_try_it_refuses_bad_uploads(name, data, message):
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
 
 
-def test_try_it_trains_a_quick_run(toy, tmp_path, monkeypatch):
-    runs = tmp_path / "train_runs"
+def training_form(toy, runs: Path, monkeypatch, method: str, settings: str) -> AppTest:
+    """The Try it page with its training form filled in (runs go to ``runs``)."""
     runs.mkdir()
     monkeypatch.setenv("KIT_RUNS_ROOT", str(runs))
     at = start("try_it")
-    at.selectbox(key="train_method").set_value("padim")
+    at.selectbox(key="train_method").set_value(method)
     at.selectbox(key="train_root").set_value(str(toy["data"])).run()
     at.selectbox(key="train_category").set_value("toy")
-    at.text_input(key="train_settings").set_value("weights=none image_size=64")
+    at.text_input(key="train_settings").set_value(settings)
+    return at
+
+
+def test_try_it_trains_a_quick_run(toy, tmp_path, monkeypatch):
+    runs = tmp_path / "train_runs"
+    at = training_form(toy, runs, monkeypatch, "padim", "weights=none image_size=64")
 
     at.text_input(key="train_name").set_value("../escape").run()
     at.button(key="train_go").click().run(timeout=60)
@@ -435,6 +445,22 @@ def test_try_it_trains_a_quick_run(toy, tmp_path, monkeypatch):
 
     at.button(key="train_go").click().run(timeout=60)  # same name again, no 'Replace'
     assert any("exists already" in e.value for e in at.error)
+
+
+def test_try_it_draws_the_live_loss_curve_of_a_trained_method(toy, tmp_path, monkeypatch):
+    runs = tmp_path / "curve_runs"
+    at = training_form(toy, runs, monkeypatch, "differnet",
+                       "weights=none image_size=64 scales=[64] epochs=3 hidden=32 "
+                       "n_test_transforms=2 n_map_transforms=1 cache=false")
+    at.text_input(key="train_name").set_value("curve_run").run()
+    at.button(key="train_go").click().run(timeout=180)
+    assert_clean(at)
+    assert "curve_run: training loss, epoch 3 of 3" in texts(at)
+    chart = [n for n in walk(at.main) if getattr(n, "type", None) == "vega_lite_chart"]
+    assert chart, "no loss curve"  # st.line_chart is drawn as a Vega-Lite chart
+    assert "nll_per_dim" in str(chart[0].proto)  # the loss DifferNet reports per epoch
+    log = json.loads((runs / "curve_run" / "config.json").read_text())["train_log"]
+    assert len(log["loss"]) == 3
 
 
 # ---------------------------------------------------------------------------------------------

@@ -473,7 +473,7 @@ def test_every_page_in_chromium(server, browser, runs_root, tmp_path):
     shoot(browser, "features")
 
     go(browser, "Ablations")
-    declared = [a for cls in load_methods().values() for a in cls.ablations]
+    declared = [a for cls in load_methods().values() for a in cls.paper.ablations]
     if declared:  # e.g. DifferNet's Table 3: charts, and the commands for the missing runs
         wait_for(browser, "ablations", ["Ablations: the papers' tables", declared[0].title,
                                         "Missing runs", f"{python_command()} -m kit"],

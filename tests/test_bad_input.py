@@ -282,7 +282,7 @@ def test_a_diverging_flow_stops_at_once_and_names_the_learning_rate():
     epochs_done = []
     with pytest.raises(FlowDivergedError, match="epoch 1"):
         method.train_flow(data, torch.Generator().manual_seed(0), progress=False,
-                          on_epoch=lambda epoch, m: epochs_done.append(epoch))
+                          on_epoch=lambda epoch, m, loss: epochs_done.append(epoch))
     assert epochs_done == []  # stopped inside the first epoch, not after fifty
 
 

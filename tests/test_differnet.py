@@ -18,7 +18,7 @@ import torch
 from kit.data import ImageSet, find_category
 from kit.methods.differnet import (DifferNet, DifferNetConfig, apply_transforms, map_transform_indices,
                            fixed_test_transforms, train_transform_pool)
-from kit.method import make_method
+from kit.method import FitContext, make_method
 from kit.pipeline import restore_method, run_experiment
 from kit.runstore import load_run
 
@@ -35,7 +35,7 @@ def own_cache(tmp_path, monkeypatch):
 def _fitted(toy_root, **extra) -> tuple[DifferNet, ImageSet]:
     cat = find_category(toy_root, "toy")
     method = make_method("differnet", "quick", **{**FAST, **extra})
-    method.fit(ImageSet(cat.train, method.config.image_size), progress=False)
+    method.fit(ImageSet(cat.train, method.config.image_size), FitContext(progress=False))
     return method, ImageSet(cat.test, method.config.image_size)
 
 
@@ -47,7 +47,7 @@ def test_config_budgets_and_table3_single_scale():
     assert cfg.scales == (cfg.image_size,)
     cfg = DifferNetConfig(image_size=448, scales="multi")
     assert cfg.scales == (448, 224, 112)  # the paper's scales
-    table3 = {v.label: v.overrides for v in DifferNet.ablations[0].variants}
+    table3 = {v.label: v.overrides for v in DifferNet.paper.ablation("table3").variants}
     assert all(table3[v]["scales"] == "multi" for v in "CDEFG") and table3["A"]["scales"] == "single"
     with pytest.raises(ValueError):
         DifferNetConfig(pooling="mean+median")
@@ -177,9 +177,9 @@ def test_feature_cache_hit_is_identical_and_skips_the_backbone(toy_root):
     # a fresh method with the same settings reads the same files; a fit reuses them too
     train = ImageSet(cat.train, 48)
     m1 = DifferNet(cfg)
-    log1 = m1.fit(train, progress=False)
+    log1 = m1.fit(train, FitContext(progress=False))
     m2 = DifferNet(cfg)
-    log2 = m2.fit(train, progress=False)
+    log2 = m2.fit(train, FitContext(progress=False))
     assert log1["cache_misses"] > 0 and log2["cache_misses"] == 0 and m2.backbone_calls == 0
     assert log1["loss"] == log2["loss"]
     # the files are plain .npy arrays (no pickle)

@@ -13,7 +13,7 @@ import torch
 
 from fixtures_runs import tiny_overrides
 from kit.data import ImageSet, find_category
-from kit.method import load_methods, make_method
+from kit.method import FitContext, load_methods, make_method
 
 MODES = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
 
@@ -27,7 +27,7 @@ def own_cache(tmp_path, monkeypatch):
 def test_predict_is_the_same_in_every_gradient_mode(name, toy_root):
     cat = find_category(toy_root, "toy")
     method = make_method(name, "quick", **tiny_overrides(name))
-    method.fit(ImageSet(cat.train, method.config.image_size), progress=False)
+    method.fit(ImageSet(cat.train, method.config.image_size), FitContext(progress=False))
     images = torch.stack([ImageSet(cat.test, method.config.image_size)[i] for i in (0, len(cat.test) - 1)])
     bare = method.predict(images)
     s = method.config.image_size

@@ -12,6 +12,7 @@ import pytest
 from fixtures_runs import tiny_overrides
 from kit.cli import main
 from kit.method import load_methods
+from kit.runfacts import MEASURED
 from kit.pipeline import rescore_run, restore_method, run_experiment, run_is_current
 from kit.runstore import RUN_FILES, load_run
 
@@ -46,7 +47,7 @@ def test_run_folder_is_complete(toy_root, tmp_path):
 def test_same_seed_same_metrics(toy_root, tmp_path):
     a = load_run(_fit(toy_root, tmp_path / "a", seed=1)).metrics
     b = load_run(_fit(toy_root, tmp_path / "b", seed=1)).metrics
-    drop = {"fit_seconds", "infer_ms_per_image"}
+    drop = set(MEASURED)
     assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
 
 

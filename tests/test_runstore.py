@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kit import runstore
-from kit.runstore import RunError, list_runs, load_run, safe_run_dir, write_run
+from kit.runstore import DISPLAY_SIZE, RunError, list_runs, load_run, safe_run_dir, write_run
 
 
 def _run_parts(n: int = 4) -> dict:
@@ -31,7 +31,10 @@ def test_round_trip(tmp_path):
     assert run.metrics["image_auroc"] == 0.75 and run.method == "padim"
     assert [r["score"] for r in run.scores] == [0.0, 1.0, 2.0, 3.0]
     assert run.scores[1]["label"] == 1 and run.scores[0]["pixel_included"] is True
-    assert run.maps.shape == (4, 8, 8) and run.maps.dtype == np.float16
+    assert run.maps.shape == (4, 8, 8) and run.maps.dtype == np.float32
+    # stored in 8 bits: within 0.4 % of the value range of the maps written
+    written = _run_parts()["maps"]
+    assert np.abs(run.maps - written).max() <= 0.004 * np.ptp(written) + 1e-6
     assert run.map_stats == {"p50": pytest.approx(0.1), "p999": pytest.approx(0.9)}
     assert run.features["source"]["x"].shape == (4, 3)
     assert torch.equal(run.checkpoint()["mean"], torch.arange(3.0))
@@ -104,3 +107,29 @@ def test_large_map_values_do_not_overflow(tmp_path):
     parts["maps"] = parts["maps"] * 1e6  # gradient maps or raw NLLs can exceed float16's 65504
     run = load_run(write_run(tmp_path / "r", **parts))
     assert np.isfinite(run.maps).all() and run.maps.max() > 1e5
+
+
+def test_maps_are_stored_at_display_size_and_old_runs_still_load(tmp_path):
+    parts = _run_parts()
+    n = len(parts["scores"])
+    big = np.random.default_rng(1).random((n, 300, 300)).astype(np.float32)
+    run = load_run(write_run(tmp_path / "r", **{**parts, "maps": big}))
+    assert run.maps.shape == (n, DISPLAY_SIZE, DISPLAY_SIZE)
+    assert abs(float(run.maps.mean()) - float(big.mean())) < 0.01  # area-averaged, not cropped
+    # a run written before maps.npz format 2: full-size float16 maps, no quantisation keys
+    old = np.random.default_rng(2).random((n, 8, 8)).astype(np.float16)
+    np.savez_compressed(run.path / "maps.npz", maps=old, stat_p50=0.1, stat_p999=0.9)
+    again = load_run(run.path)
+    assert np.array_equal(again.maps, old.astype(np.float32)) and again.map_names == []
+    assert again.reconstructions == {} and again.map_stats["p999"] == 0.9
+
+
+def test_stored_maps_take_at_most_one_byte_per_display_pixel(tmp_path):
+    """The guard behind 'a run fits on a laptop disk': whatever S, a stored map costs at most
+    DISPLAY_SIZE^2 bytes (8 bits, before compression) per test image and map."""
+    parts = _run_parts()
+    n = len(parts["scores"])
+    noisy = np.random.default_rng(3).random((n, 512, 512)).astype(np.float32)  # incompressible
+    run = write_run(tmp_path / "r", **{**parts, "maps": noisy, "named_maps": {"A_p": noisy * 2}})
+    budget = 2 * n * DISPLAY_SIZE ** 2 + 20_000  # two maps, plus the npz container
+    assert (run / "maps.npz").stat().st_size <= budget

@@ -1,5 +1,6 @@
-"""Ablations page: each registered method's ablation tables (``AnomalyMethod.ablations``) as
-charts, our runs next to the paper's values, and the command that makes each missing run.
+"""Ablations page: each registered method's ablation tables (``AnomalyMethod.paper.ablations``,
+kit/papers/) as charts, our runs next to the paper's values, and the command that makes each
+missing run.
 
 A run belongs to a variant when its config.json has ``tags == {"ablation": <name>,
 "variant": <label>, ...}`` and its method matches (``run_experiment(..., tags=...)``).
@@ -18,7 +19,8 @@ import streamlit as st
 
 from kit import plots
 from kit.app import common
-from kit.method import Ablation, AblationVariant, load_methods
+from kit.method import load_methods
+from kit.papers import Ablation, AblationVariant
 from kit.paths import DEFAULT_CATEGORY, REPO_ROOT, python_command
 from kit.runstore import Run
 
@@ -160,13 +162,13 @@ def render() -> None:
     runs, _ = common.all_runs()
     found = False
     for name, cls in sorted(load_methods().items()):
-        for ablation in getattr(cls, "ablations", ()) or ():
+        for ablation in cls.paper.ablations:
             found = True
-            show_ablation(name, cls.title or name, ablation, runs)
+            show_ablation(name, cls.paper.title or name, ablation, runs)
     if not found:
         st.info("No registered method declares an ablation yet (PaDiM has none). Methods list "
-                "theirs in `ablations` (kit/method.py: Ablation, AblationVariant); they appear "
-                "here with no change to the app.")
+                "theirs in their paper's `ablations` (kit/papers/<method>.py: Paper, Ablation, "
+                "AblationVariant); they appear here with no change to the app.")
 
 
 if __name__ == "__main__":  # run as a page by st.navigation (not on import)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from kit.data import Category, DataError, Sample, find_category, read_image, read_mask
@@ -137,9 +138,22 @@ def mask_for(run: Run, row: dict) -> tuple[str | None, str | None]:
     return None, f"{row['name']} is no longer in {cat.root / cat.name}"
 
 
-def map_scale(run: Run) -> MapScale:
-    """The run's fixed display scale (normal-data statistics + its image threshold)."""
-    return MapScale.from_stats(run.map_stats, run.metrics.get("threshold"))
+def map_scale(run: Run, name: str | None = None) -> MapScale:
+    """The fixed display scale of a run's primary map (``name`` None) or of one of its named
+    maps: that map's normal-data statistics and its own image threshold."""
+    if name in (None, "primary"):
+        return MapScale.from_stats(run.map_stats, run.metrics.get("threshold"))
+    named = (run.metrics.get("maps") or {}).get(name) or {}
+    return MapScale.from_stats(run.map_stats_of(name), named.get("threshold"))
+
+
+def map_metric_line(run: Run, name: str) -> str:
+    """``image AUROC 0.912 · pixel AUROC 0.951 ...`` of one map of a run (metrics.json)."""
+    values = run.metrics if name == "primary" else (run.metrics.get("maps") or {}).get(name) or {}
+    shown = [f"{label} {values[key]:.3f}" for key, label in
+             (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO"))
+             if isinstance(values.get(key), (int, float))]
+    return " · ".join(shown) or "no metrics"
 
 
 def verdict(label: int, score: float, threshold: float | None) -> str:
@@ -289,15 +303,24 @@ def run_jobs(jobs: list[dict[str, Any]], label: str = "training") -> list[Path]:
     from kit.pipeline import run_experiment  # torch-heavy: only when training
 
     bar = st.progress(0.0, text=f"{label}: starting")
+    curve = st.empty()  # the live loss curve of methods that train (fit's epoch callback)
     done: list[Path] = []
     for i, job in enumerate(jobs):
         name = Path(job["out_dir"]).name
+        losses: list[dict[str, float]] = []
 
         def on_stage(stage: str, fraction: float, i: int = i, name: str = name) -> None:
             overall = (i + max(0.0, min(1.0, fraction))) / len(jobs)
             bar.progress(overall, text=f"{label} {i + 1}/{len(jobs)} ({name}): {stage}")
 
-        done.append(run_experiment(**job, progress=False, on_stage=on_stage))
+        def on_epoch(epoch: int, epochs: int, loss: dict[str, float], name: str = name,
+                     losses: list = losses) -> None:
+            losses.append({"epoch": epoch, **loss})
+            with curve.container():
+                st.caption(f"{name}: training loss, epoch {epoch} of {epochs}")
+                st.line_chart(pd.DataFrame(losses).set_index("epoch"), height=220)
+
+        done.append(run_experiment(**job, progress=False, on_stage=on_stage, on_epoch=on_epoch))
     bar.progress(1.0, text=f"{label}: done")
     clear_caches()
     return done

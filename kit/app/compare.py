@@ -16,6 +16,13 @@ from kit.app import common
 from kit.runstore import Run
 
 SORTS = ("file name", "score: highest first", "score: lowest first")
+MAX_VIEW = 256  # px at most of the test image on screen (runs store smaller maps: resized up)
+
+
+def view_size(run: Run) -> int:
+    """Pixels of the test image on screen: the size the method saw, at most MAX_VIEW."""
+    size = run.metrics.get("image_size")
+    return min(int(size), MAX_VIEW) if isinstance(size, int) else int(run.maps.shape[-1])
 
 
 def image_table(runs: list[Run]) -> pd.DataFrame:
@@ -84,7 +91,7 @@ def show_image(runs: list[Run], row: pd.Series, max_per_row: int = 4) -> None:
         part = list(zip(runs, rows))[start:start + per_row]
         top, bottom = st.columns(2 + per_row), st.columns(2 + per_row)
         if start == 0 and path is not None:
-            size = int(first.maps.shape[-1])
+            size = view_size(first)
             image = common.load_image(str(path), size)
             mask = common.load_mask(str(path), mask_path, size)
             # plain images (no plotly): the page draws faster and these need no colour scale
@@ -105,27 +112,55 @@ def show_image(runs: list[Run], row: pd.Series, max_per_row: int = 4) -> None:
             _run_panel(top[2 + k], bottom[2 + k], run, srow, row)
 
 
+def pick_map(container, run: Run) -> str:
+    """The map of ``run`` to show: ``"primary"``, or one of its named maps (a picker appears
+    only for runs that have them, e.g. CLS-CNFs' A_p and A_nf beside the combined A)."""
+    if not run.map_names:
+        return "primary"
+    options = ["primary", *run.map_names]
+    key = f"cmp_mapname_{run.name}"
+    common.keep_valid(key, options)
+    return container.selectbox("Map", options, key=key,
+                               format_func=lambda n: f"{n} ({common.map_metric_line(run, n)})",
+                               help="primary: the method's own result; the others are further "
+                                    "maps of the same model, each with its own colour scale "
+                                    "and metrics (metrics.json: maps)")
+
+
 def _run_panel(top, bottom, run: Run, srow: dict, row: pd.Series) -> None:
-    """One run: its map (fixed scale, threshold contour) above its overlay."""
-    scale = common.map_scale(run)
-    amap = run.maps[int(srow["index"])].astype("float32")
-    v = row[f"verdict · {run.name}"]
+    """One run: its map (fixed scale, threshold contour) above its overlay, and its
+    reconstruction where the run stored one for this image."""
     top.markdown(f"**{run.name}**")
+    name = pick_map(top, run)
+    scale = common.map_scale(run, name)
+    amap = run.named_map(name)[int(srow["index"])].astype("float32")
+    v = row[f"verdict · {run.name}"]
     if amap.max() == amap.min():  # e.g. an ablation variant that scores images only
         top.info(f"score {srow['score']:.4g} → {v}. No anomaly map: this run's map is constant "
                  f"({amap.flat[0]:.3g}), so it does not localise defects.")
         return
-    top.plotly_chart(plots.anomaly_map_figure(amap, scale, title=f"score {srow['score']:.4g} → {v}"),
+    title = f"score {srow['score']:.4g} → {v}" + ("" if name == "primary" else f" · map {name}")
+    top.plotly_chart(plots.anomaly_map_figure(amap, scale, title=title),
                      key=f"cmp_map_{run.name}", config=common.PICTURE)
     path = common.image_path(run, srow)
     if path is not None:
-        size = amap.shape[-1]
+        size = view_size(run)
         image = common.load_image(str(path), size)
         mask_path, _ = common.mask_for(run, srow)
         mask = common.load_mask(str(path), mask_path, size) if mask_path else None
-        bottom.plotly_chart(plots.overlay_figure(image, amap, scale, mask, title=f"{run.method} overlay"),
+        bottom.plotly_chart(plots.overlay_figure(image, plots.resize_map(amap, size), scale, mask,
+                                                 title=f"{run.method} overlay"),
                             key=f"cmp_overlay_{run.name}", config=common.PICTURE)
     bottom.caption(f"`{run.name}`: " + scale.describe())
+    recon = run.reconstructions
+    if recon:
+        index = int(srow["index"])
+        if index in recon:
+            bottom.markdown("**reconstruction**")
+            bottom.image(recon[index].transpose(1, 2, 0), width="stretch")
+        else:
+            bottom.caption(f"Reconstruction: the run keeps {len(recon)} of its test images' "
+                           "reconstructions, not this one's.")
 
 
 def render() -> None:

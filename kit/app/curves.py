@@ -1,5 +1,5 @@
 """Curves page: ROC, PR and PRO curves, score histograms and the metrics table of chosen runs,
-with the papers' numbers where the method declares them (``paper_results``)."""
+with the papers' numbers where the method declares them (``paper.results``, kit/papers/)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ COST_COLUMNS = {"threshold": "threshold", "fit_seconds": "fit s",
 
 
 def metrics_table(runs: list[Run]) -> pd.DataFrame:
-    """Our runs, then one row per (method, paper dataset) from the methods' ``paper_results``."""
+    """Our runs, then one row per (method, paper dataset) from the methods' ``paper.results``."""
     from kit.method import load_methods
 
     rows = []
@@ -33,7 +33,7 @@ def metrics_table(runs: list[Run]) -> pd.DataFrame:
     methods = load_methods()
     for name in sorted({r.method for r in runs}):
         cls = methods.get(name)
-        for dataset, values in (getattr(cls, "paper_results", {}) or {}).items():
+        for dataset, values in (cls.paper.results if cls is not None else {}).items():
             rows.append({"source": f"paper ({dataset})", "run": "", "method": name,
                          **{title: values.get(key) for key, title in METRIC_COLUMNS.items()}})
     return pd.DataFrame(rows)
@@ -50,7 +50,7 @@ def render() -> None:
                  column_config={t: st.column_config.NumberColumn(format="%.3f")
                                 for t in METRIC_COLUMNS.values()})
     if not (table["source"] != "ours").any():
-        st.caption("No paper numbers: the chosen methods declare no `paper_results`.")
+        st.caption("No paper numbers: the chosen methods' papers declare no `results`.")
     st.caption("Paper rows use the paper's backbone, resolution and protocol: a guide, not a "
                "target. AUPRO is integrated to FPR 0.3 and divided by 0.3 (MVTec AD definition); "
                "thresholded numbers use the 99% quantile of held-out normal image scores.")

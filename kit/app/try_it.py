@@ -154,6 +154,9 @@ def train_section() -> None:
     settings = cols[2].text_input("Settings (optional)", key="train_settings",
                                   placeholder="image_size=128 weights=none",
                                   help="key=value pairs, as `--set` on the command line")
+    note = load_methods()[method].paper.budget_notes.get(budget)  # why the budget is what it is
+    if note:
+        st.caption(f"{budget} budget: {note}")
     name = st.text_input("Run name", value=f"{method}_{category}_{budget}_s{seed}", key="train_name")
     overwrite = st.checkbox("Replace a run of the same name", key="train_overwrite")
     if not st.button("Train", key="train_go", type="primary"):

@@ -46,7 +46,8 @@ from kit.cache import FeatureCache, file_key, params_key, tensor_key
 from kit.data import ImageSet
 from kit.flows import Flow, check_finite_loss, nll, subnet_fc
 from kit.maps import gaussian_blur
-from kit.method import Ablation, AblationVariant, AnomalyMethod, MethodConfig, Prediction, register
+from kit.method import AnomalyMethod, FitContext, MethodConfig, Prediction, register
+from kit.papers.differnet import PAPER
 
 POOLINGS = ("mean", "max", "std")  # statistics a pooling string may combine, e.g. "mean+std"
 ROTATIONS = ("uniform", "right", "none")
@@ -88,21 +89,10 @@ class DifferNetConfig(MethodConfig):
     extract_batch_size: int = 16  # images per backbone batch while extracting training features
 
     BUDGETS: ClassVar[dict[str, dict[str, Any]]] = {
-        # Chosen on training data only (scripts/differnet_dev.py: held-out normals + synthetic
-        # defects; numbers in notebooks/01_differnet.ipynb, "what mattered"): Lite0 stages 3+4,
-        # mean+max pooled, ONE scale of 128 px. On the dev protocol this matched 224/112 px
-        # (0.924 vs 0.925 AUROC), beat three scales, Lite2 and standardising, and costs a quarter.
-        # 20 epochs of 4 transforms per image: the held-out NLL is lowest there and rises after.
-        # Flow: 256-wide subnets matched 512 on dev. Test transforms: the dev AUROC grows with them.
+        # Why each budget has these values: PAPER.budget_notes (kit/papers/differnet.py).
         "quick": dict(image_size=128, scales=(128,), layers=(3, 4), pooling="mean+max",
                       standardize=False, hidden=256, subnet_depth=2, epochs=20, train_batch_size=64,
                       n_train_transforms=4, n_test_transforms=16, n_map_transforms=1),
-        # Full: two scales, 224/112 px (chosen on the dev protocol in session 1: 0.925, the best of
-        # its sweep), a wider flow, 30 epochs, 8 test transforms (64 at 224 px would take ~35 min
-        # to score MTD's test split on 2 cores). NOT the 128 px setting above: on the dev protocol
-        # the two tie, but the test split gave 0.880 at 128 px vs 0.921 here. That comparison used
-        # the test split and is reported as such (notebook 01, section 8). A likely reason: the
-        # synthetic dev defects scale with the image, MTD's blowholes do not.
         "full": dict(image_size=224, scales=(224, 112), layers=(3, 4), pooling="mean+max",
                      standardize=False, hidden=512, subnet_depth=2, epochs=30, train_batch_size=64,
                      n_train_transforms=4, n_test_transforms=8, n_map_transforms=2),
@@ -218,56 +208,19 @@ def map_transform_indices(n_test: int, n_map: int) -> list[int]:
 # ------------------------------------------------------------------------------------------------
 
 
-ROT = {"rotation": "uniform"}  # Table 3 uses the paper's transforms whatever the budget says
-
-
 @register
 class DifferNet(AnomalyMethod):
     name = "differnet"
     config_cls = DifferNetConfig
-    title = "DifferNet (Rudolph et al., WACV 2021)"
+    paper = PAPER  # title, paper values, Table 3 / Fig. 7 ablations, budget notes
     feature_spaces = ("source", "flow")
-    paper_results: ClassVar[dict[str, dict[str, float]]] = {
-        "mtd": {"image_auroc": 0.977},  # Table 2
-        "mvtec_mean": {"image_auroc": 0.949},  # Table 1 average (16 shots: 0.873)
-    }
-    ablations = (
-        Ablation(
-            name="table3",
-            title="Table 3: multi-scale, training transforms and number of test transforms",
-            metric="image_auroc",
-            paper_dataset="MVTec AD mean over 15 categories (the paper has no Table 3 for MTD)",
-            variants=[
-                AblationVariant("A", dict(ROT, scales="single", train_transforms=False, n_test_transforms=1), 0.844),
-                AblationVariant("B", dict(ROT, scales="single", train_transforms=True, n_test_transforms=64), 0.902),
-                AblationVariant("C", dict(ROT, scales="multi", train_transforms=False, n_test_transforms=1), 0.866),
-                AblationVariant("D", dict(ROT, scales="multi", train_transforms=True, n_test_transforms=1), 0.865),
-                AblationVariant("E", dict(ROT, scales="multi", train_transforms=True, n_test_transforms=4), 0.916),
-                AblationVariant("F", dict(ROT, scales="multi", train_transforms=True, n_test_transforms=16), 0.941),
-                AblationVariant("G", dict(ROT, scales="multi", train_transforms=True, n_test_transforms=64), 0.949),
-            ],
-            note="'single' = only the budget's image size S; 'multi' = S, S/2, S/4 (the paper's "
-                 "448/224/112 ratios). Transforms are the paper's uniform rotations (plus the "
-                 "budget's brightness/contrast jitter). Paper values are MVTec AD means; we run "
-                 "them on MTD.",
-        ),
-        Ablation(
-            name="train_size",
-            title="Fig. 7: training-set size (three random subsets per size = seeds 0, 1, 2)",
-            metric="image_auroc",
-            paper_dataset="MTD, Fig. 7 (a curve, no numbers in the text; the text says 16 images "
-                          "already beat the other methods, whose best MTD AUROC is 0.800)",
-            variants=[AblationVariant(f"n{n}", dict(max_train_images=n), None)
-                      for n in (16, 32, 64, 128, 256)] + [AblationVariant("all", {}, 0.977)],
-        ),
-    )
 
     def __init__(self, config: DifferNetConfig):
         super().__init__(config)
         with torch.random.fork_rng(devices=[]):  # untrained ("none") weights depend on the seed only
             torch.manual_seed(config.seed)
             self.extractor = FeatureExtractor(config.backbone, config.layers, config.weights,
-                                              channels_last=True)
+                                              channels_last=True).to(self.device)
         self.stats = config.pooling.split("+")
         spec = {"backbone": config.backbone, "weights": self.extractor.weights,
                 "layers": list(config.layers), "scales": list(config.scales),
@@ -278,8 +231,8 @@ class DifferNet(AnomalyMethod):
         self.cache = FeatureCache(spec, enabled=config.cache)
         self.dim = len(config.scales) * sum(self.extractor.channels) * len(self.stats)
         self.flow: Flow | None = None
-        self.feat_mean = torch.zeros(self.dim)
-        self.feat_std = torch.ones(self.dim)
+        self.feat_mean = torch.zeros(self.dim, device=self.device)
+        self.feat_std = torch.ones(self.dim, device=self.device)
         self.backbone_calls = 0  # images x transforms that went through the backbone
 
     # -- features --------------------------------------------------------------------------------
@@ -289,6 +242,7 @@ class DifferNet(AnomalyMethod):
         Differentiable w.r.t. ``images`` (the gradient maps need it).
         """
         self.backbone_calls += images.shape[0]
+        images = images.to(self.device)
         parts = []
         for scale in self.config.scales:
             x = images if scale == images.shape[-1] else F.interpolate(
@@ -305,7 +259,8 @@ class DifferNet(AnomalyMethod):
         return torch.cat(parts, 1)
 
     def _normalise(self, feats: torch.Tensor) -> torch.Tensor:
-        return (feats - self.feat_mean) / self.feat_std
+        """Features on the method's device, standardised when ``standardize`` is on."""
+        return (feats.to(self.device) - self.feat_mean) / self.feat_std
 
     def cached_features(self, images: torch.Tensor, params: torch.Tensor,
                         keys: list[str] | None = None) -> torch.Tensor:
@@ -330,7 +285,8 @@ class DifferNet(AnomalyMethod):
                 chunk = todo[start:start + step]
                 idx = torch.tensor([i for i, _ in chunk])
                 p = torch.stack([params[i, t] for i, t in chunk])
-                feats = self.pooled_features(apply_transforms(images[idx], p))
+                feats = self.pooled_features(apply_transforms(images[idx].to(self.device),
+                                                              p.to(self.device))).cpu()
                 for (i, t), f in zip(chunk, feats):
                     out[i, t] = f
                     self.cache.put(keys[i], params_key(params[i, t].tolist()), f)
@@ -358,10 +314,12 @@ class DifferNet(AnomalyMethod):
     def build_flow(self) -> Flow:
         c = self.config
         return Flow.build(self.dim, c.n_blocks, subnet_fc(c.hidden, c.subnet_depth), clamp=c.clamp,
-                          clamp_kind="atan", seed=c.seed)
+                          clamp_kind="atan", seed=c.seed).to(self.device)
 
-    def fit(self, train: ImageSet, progress: bool = True) -> dict[str, Any]:
+    def fit(self, train: ImageSet, context: FitContext | None = None) -> dict[str, Any]:
         c = self.config
+        context = self.fit_context(context)
+        progress = context.progress
         gen = torch.Generator().manual_seed(c.seed)
         params = train_transform_pool(len(train), c, gen)
         t0 = time.perf_counter()
@@ -369,18 +327,22 @@ class DifferNet(AnomalyMethod):
         feats = self._training_features(train, params, progress).reshape(-1, self.dim)
         extract_seconds = time.perf_counter() - t0
         if c.standardize:
-            self.feat_mean = feats.mean(0)
-            self.feat_std = feats.std(0).clamp_min(1e-6) if len(feats) > 1 else torch.ones(self.dim)
+            self.feat_mean = feats.mean(0).to(self.device)
+            self.feat_std = (feats.std(0).clamp_min(1e-6) if len(feats) > 1
+                             else torch.ones(self.dim)).to(self.device)
         data = self._normalise(feats)
         self.flow = self.build_flow()
-        log = self.train_flow(data, gen, progress)
+        log = self.train_flow(data, gen, progress, on_epoch=lambda epoch, _, loss: context.epoch_done(
+            epoch + 1, c.epochs, nll_per_dim=loss))
         return {**log, "n_images": len(train), "transforms_per_image": int(params.shape[1]),
                 "dim": self.dim, "extract_seconds": round(extract_seconds, 3),
                 "cache_hits": self.cache.hits - hits0, "cache_misses": self.cache.misses - miss0}
 
     def train_flow(self, data: torch.Tensor, gen: torch.Generator, progress: bool = True,
                    epochs: int | None = None, on_epoch=None) -> dict[str, Any]:
-        """Maximum likelihood on ``data [M, D]`` (already standardised): ``mean(L) / D`` per batch."""
+        """Maximum likelihood on ``data [M, D]`` (already standardised): ``mean(L) / D`` per batch.
+
+        ``on_epoch(epoch, self, loss)`` after each epoch (0-based), with its mean loss."""
         c = self.config
         epochs = c.epochs if epochs is None else epochs
         opt = torch.optim.Adam(self.flow.parameters(), lr=c.lr, betas=c.betas, eps=c.adam_eps,
@@ -402,7 +364,7 @@ class DifferNet(AnomalyMethod):
                 count += len(idx)
             losses.append(round(total / count, 6))
             if on_epoch is not None:
-                on_epoch(epoch, self)
+                on_epoch(epoch, self, losses[-1])
         self.flow.eval()
         return {"loss": losses, "epochs": epochs, "train_seconds": round(time.perf_counter() - t0, 3)}
 
@@ -424,8 +386,8 @@ class DifferNet(AnomalyMethod):
         """
         with torch.inference_mode(False), torch.enable_grad():
             # copies: tensors made in inference mode cannot join autograd, copies made here can
-            x = images.detach().clone().requires_grad_(True)
-            p = params.clone().expand(images.shape[0], 3)
+            x = images.detach().to(self.device).clone().requires_grad_(True)
+            p = params.to(self.device).clone().expand(images.shape[0], 3)
             feats = self.pooled_features(apply_transforms(x, p))
             z, logdet = self.flow(self._normalise(feats))
             loss = nll(z, logdet)  # the map always uses L of eq. 4 (sec. 3.3) ...
@@ -447,12 +409,12 @@ class DifferNet(AnomalyMethod):
             feats = self.cached_features(images, params[rest])  # [B, T', D]
             with torch.no_grad():
                 z, logdet = self.flow(self._normalise(feats.reshape(-1, self.dim)))
-                per_t[:, rest] = self._scores_from(z, logdet).view(b, len(rest))
-        maps = torch.zeros(b, s, s)
+                per_t[:, rest] = self._scores_from(z, logdet).view(b, len(rest)).cpu()
+        maps = torch.zeros(b, s, s, device=self.device)
         for t in map_idx:
             grad, z, logdet = self._input_gradient(images, params[t])
             maps += gaussian_blur(grad, c.map_sigma).abs().sum(1)  # eq. 7
-            per_t[:, t] = self._scores_from(z, logdet)
+            per_t[:, t] = self._scores_from(z, logdet).cpu()
         if map_idx:
             maps /= len(map_idx)
         scores = per_t.mean(1)  # eq. 5
@@ -482,7 +444,8 @@ class DifferNet(AnomalyMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["dim"]) != self.dim:
             raise ValueError(f"checkpoint has feature size {state['dim']}, this config gives {self.dim}")
-        self.feat_mean, self.feat_std = state["feat_mean"], state["feat_std"]
+        self.feat_mean = state["feat_mean"].to(self.device)
+        self.feat_std = state["feat_std"].to(self.device)
         self.flow = None
         if state["flow"] is not None:
             self.flow = self.build_flow()
