@@ -48,6 +48,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_aupro.py
 	$(PY) benchmarks/bench_backbones.py
+	$(PY) benchmarks/bench_padim.py
 	$(PY) benchmarks/bench_app.py
 
 html: setup
