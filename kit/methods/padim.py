@@ -145,11 +145,12 @@ class Padim(AnomalyMethod):
         return out
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, S, S]`` -> selected features ``[B, P, d]`` with ``P = H_1 * W_1``."""
-        feats = concat_layers(self.extractor(images.to(self.device)))
-        self.grid = tuple(feats.shape[-2:])
-        feats = feats[:, self.channel_idx]
-        return feats.flatten(2).transpose(1, 2)
+        """``[B, 3, S, S]`` -> the selected features, positions first: ``[P, B, d]`` with
+        ``P = H_1 * W_1`` (the layout of the batched matmuls). Fit and predict both use it, so
+        the Gaussians are fitted on exactly the features they score."""
+        maps = self.extractor(images.to(self.device))
+        self.grid = tuple(maps[0].shape[-2:])
+        return selected_positions_first(maps, self.channel_idx)
 
     @torch.inference_mode()
     def fit(self, train: ImageSet, context: FitContext | None = None) -> dict[str, Any]:
@@ -158,14 +159,14 @@ class Padim(AnomalyMethod):
         batches = train.batches(self.config.fit_batch_size)
         n_batches = -(-len(train) // self.config.fit_batch_size)
         for batch in tqdm(batches, total=n_batches, desc="padim: fitting Gaussians", disable=not progress, leave=False):
-            x = self._features(batch).double()  # float64 sums: many images, small variances
+            x = self._features(batch).double()  # [P, B, d]; float64 sums: small variances
             if total is None:
-                total = torch.zeros(x.shape[1:], dtype=torch.float64, device=x.device)
-                outer = torch.zeros(x.shape[1], x.shape[2], x.shape[2], dtype=torch.float64,
+                total = torch.zeros(x.shape[0], x.shape[2], dtype=torch.float64, device=x.device)
+                outer = torch.zeros(x.shape[0], x.shape[2], x.shape[2], dtype=torch.float64,
                                     device=x.device)
-            total += x.sum(0)
-            outer += torch.einsum("bpi,bpj->pij", x, x)
-            n += x.shape[0]
+            total += x.sum(1)
+            outer.baddbmm_(x.transpose(1, 2), x)  # sum over images of x x^T, per position
+            n += x.shape[1]
         if n < 2:
             raise ValueError("PaDiM needs at least 2 training images")
         mean = total / n
@@ -186,8 +187,7 @@ class Padim(AnomalyMethod):
     def predict(self, images: torch.Tensor) -> Prediction:
         if self.mean is None:
             raise RuntimeError("fit() or load_state_dict() first")
-        # the same features as _features, selected before upsampling and laid out [P, B, d]
-        feats = selected_positions_first(self.extractor(images.to(self.device)), self.channel_idx)
+        feats = self._features(images)  # [P, B, d]
         diff = feats - self.mean[:, None]  # [P, B, d]
         # M^2 = ||(x - mu)^T L||^2 as one batched matmul per column block of the triangle:
         # positions are the batch, so each factor is read once per batch of images (reading
