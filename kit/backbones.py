@@ -173,9 +173,11 @@ class FeatureExtractor(nn.Module):
     own output, so ``layers=(-1,)`` is the final ``.features`` output (AlexNet: 0..5 at
     strides 4, 8, 16, 16, 16, 32). Negative indices count from the end.
 
-    The module is always in eval mode and its parameters never require grad, so BatchNorm
-    statistics cannot drift and no optimizer can touch it. Gradients w.r.t. the *input* still
-    flow when the input requires grad (DifferNet's localisation needs them).
+    The module is always in eval mode, so BatchNorm running statistics never drift, and its
+    parameters do not require grad, so no optimizer can touch it. Gradients w.r.t. the *input*
+    still flow when the input requires grad (DifferNet's localisation needs them).
+    ``trainable=True`` makes the weights (BatchNorm's affine ones included) trainable while the
+    BatchNorm statistics stay ImageNet's: CLS-CNFs fine-tunes its encoder that way.
     """
 
     # The forward_intermediates path is preferred; tests switch it off to check that the
@@ -190,6 +192,7 @@ class FeatureExtractor(nn.Module):
         *,
         cache_dir: str | Path | None = None,
         channels_last: bool = False,
+        trainable: bool = False,
     ) -> None:
         super().__init__()
         self._name = name
@@ -239,7 +242,7 @@ class FeatureExtractor(nn.Module):
         self._channels = [channels[i] for i in self._layers]
         self._strides = [strides[i] for i in self._layers]
         for p in self.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(trainable)
         if channels_last:
             self.body.to(memory_format=torch.channels_last)
         super().train(False)

@@ -13,13 +13,14 @@ code, other overrides) is made again. Tables group runs by dataset and budget, n
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Callable
 
 from kit.data import dataset_fingerprint
 from kit.method import method_class
-from kit.papers import Ablation
+from kit.papers import Ablation, AblationVariant
 from kit.pipeline import run_experiment, run_fingerprint, run_is_current
 from kit.runstore import Run, list_runs, safe_run_dir
 
@@ -48,54 +49,95 @@ def fit_or_reuse(method: str, data_root: Path | str, category: str, out: Path | 
     return Path(out)
 
 
+def variant_groups(variants: list[AblationVariant]) -> list[list[AblationVariant]]:
+    """Variants with equal overrides, together (in order): maps of one model share one run."""
+    groups: dict[str, list[AblationVariant]] = {}
+    for v in variants:
+        groups.setdefault(json.dumps(v.overrides, sort_keys=True, default=str), []).append(v)
+    return list(groups.values())
+
+
+def variant_tags(name: str, group: list[AblationVariant]) -> dict[str, Any]:
+    """A run's tags for the variants it serves: the first names the run, all are listed."""
+    tags: dict[str, Any] = {"ablation": name, "variant": group[0].label}
+    if len(group) > 1:
+        tags["variants"] = [v.label for v in group]
+    return tags
+
+
+def run_labels(run: Run) -> list[str]:
+    """The variant labels a tagged run serves (``tags["variants"]``, else ``tags["variant"]``)."""
+    tags = run.config.get("tags") or {}
+    labels = tags.get("variants") or [tags.get("variant")]
+    if isinstance(labels, str):  # a hand-written --tag variants=a,b
+        labels = labels.split(",")
+    return [str(label) for label in labels if label is not None]
+
+
 def run_ablation(method: str, name: str, data_root: Path | str, category: str, runs_root: Path | str,
                  budget: str = "quick", seeds: tuple[int, ...] = (0,), variants: list[str] | None = None,
                  extra_overrides: dict[str, Any] | None = None, progress: bool = True,
                  on_run: Callable[[str, Path], None] | None = None) -> list[Path]:
-    """Make (or reuse) one run per variant and seed; returns the run folders."""
+    """Make (or reuse) one run per distinct set of overrides and seed; returns the run folders.
+
+    Variants that differ only in the map they read (``AblationVariant.map``) share a run."""
     ablation = find_ablation(method, name)
     chosen = [v for v in ablation.variants if variants is None or v.label in variants]
     fingerprint = dataset_fingerprint(data_root, category)
     paths = []
-    for variant in chosen:
+    sourced: dict[str, list[str]] = {}  # variants read from another ablation's runs
+    for v in chosen:
+        if v.source is not None:
+            sourced.setdefault(v.source[0], []).append(v.source[1])
+    for other, labels in sourced.items():
+        paths += run_ablation(method, other, data_root, category, runs_root, budget, seeds,
+                              sorted(set(labels)), extra_overrides, progress, on_run)
+    for group in variant_groups([v for v in chosen if v.source is None]):
         for seed in seeds:
-            out = safe_run_dir(runs_root, run_name(method, name, variant.label, budget, seed,
+            out = safe_run_dir(runs_root, run_name(method, name, group[0].label, budget, seed,
                                                    fingerprint))
-            overrides = {**(extra_overrides or {}), **variant.overrides}
+            overrides = {**(extra_overrides or {}), **group[0].overrides}
             fit_or_reuse(method, data_root, category, out, budget=budget, seed=seed,
-                         overrides=overrides, tags={"ablation": name, "variant": variant.label},
+                         overrides=overrides, tags=variant_tags(name, group),
                          progress=progress, fingerprint=fingerprint)
             if on_run:
-                on_run(variant.label, out)
+                on_run(group[0].label, out)
             paths.append(out)
     return paths
 
 
 def ablation_runs(runs: list[Run], method: str, name: str) -> dict[str, list[Run]]:
-    """Runs of ``method`` tagged with ablation ``name``, grouped by variant label."""
+    """Runs of ``method`` tagged with ablation ``name``, grouped by variant label (a run that
+    serves several variants is in each of their lists)."""
     grouped: dict[str, list[Run]] = {}
     for run in runs:
         tags = run.config.get("tags") or {}
         if run.method == method and tags.get("ablation") == name:
-            grouped.setdefault(tags.get("variant"), []).append(run)
+            for label in run_labels(run):
+                grouped.setdefault(label, []).append(run)
+    for variant in find_ablation(method, name).variants:
+        if variant.source is not None:  # e.g. Table 1's FE_CLS: a map of Table 2's run
+            other, label = variant.source
+            grouped[variant.label] = ablation_runs(runs, method, other).get(label, [])
     return grouped
 
 
 def ablation_table(runs_root: Path | str, method: str, name: str, *, data_root: Path | str,
-                   category: str, budget: str) -> list[dict[str, Any]]:
+                   category: str, budget: str, metric: str | None = None) -> list[dict[str, Any]]:
     """One row per variant: the paper's value, our mean and spread over seeds, run count.
 
     Only runs on ``data_root/category`` (same dataset fingerprint) with ``budget`` count: a
     mean over runs on the embedded sample and on the full data would be neither's result.
     """
     ablation = find_ablation(method, name)
+    metric = metric or ablation.metric  # another key of metrics.json than the ablation's own
     fingerprint = dataset_fingerprint(data_root, category)
     runs, _ = list_runs(runs_root)
     runs = [r for r in runs if run_fingerprint(r) == fingerprint and r.config.get("budget") == budget]
     grouped = ablation_runs(runs, method, name)
     rows = []
     for variant in ablation.variants:
-        values = [r.metrics.get(ablation.metric) for r in grouped.get(variant.label, [])]
+        values = [variant.value(r.metrics, metric) for r in grouped.get(variant.label, [])]
         values = [v for v in values if v is not None]
         mean = sum(values) / len(values) if values else None
         spread = (max(values) - min(values)) if len(values) > 1 else None

@@ -30,12 +30,14 @@ import math
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # A factory builds one subnet: (input channels, output channels) -> module.
 SubnetFactory = Callable[[int, int], nn.Module]
 
 CLAMP_KINDS = ("atan", "tanh")
+MIXINGS = ("permutation", "orthogonal")
 
 
 def soft_clamp(s: torch.Tensor, alpha: float, kind: str = "atan") -> torch.Tensor:
@@ -123,12 +125,26 @@ class CouplingBlock(nn.Module):
     the other blocks then decide which channels are transformed.
     ``permute_seed=None`` means no permutation. The permutation is a buffer, so it is
     saved and loaded with the weights: a restored flow is the same function.
+    ``mixing="orthogonal"`` replaces the permutation by a fixed seeded random rotation of the
+    channels (FrEIA's AllInOneBlock with ``permute_soft=True``, as CFlow-AD's code builds it):
+    every block then mixes all channels, still with ``|det| = 1``.
+    ``global_affine=True`` ends the block with a learned per-channel scale and offset
+    (AllInOneBlock's "global affine", an ActNorm): ``y * 0.2 softplus(a / 2) + b``, starting at
+    scale 1, with ``log |det| += sum(log scale)`` per position.
+
+    A subnet with ``takes_condition = True`` receives ``(h, cond)`` and the condition as the
+    caller gave it (any object, unchecked), instead of ``cat([h, cond])``: CFlow-AD's positional
+    condition is then a pair of small lookup tables rather than P dense channels per fiber
+    (``kit/cnf.py``), the same function at a fraction of the cost.
     """
 
     def __init__(self, channels: int, subnet_factory: SubnetFactory, clamp: float = 3.0,
                  clamp_kind: str = "atan", cond_channels: int = 0, two_sided: bool = True,
-                 permute_seed: int | None = None):
+                 permute_seed: int | None = None, mixing: str = "permutation",
+                 global_affine: bool = False):
         super().__init__()
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
         if channels < 2:
             raise ValueError(f"a coupling needs at least 2 channels, got {channels}")
         if clamp_kind not in CLAMP_KINDS:
@@ -140,15 +156,29 @@ class CouplingBlock(nn.Module):
         # One subnet per side outputs s and t together (2 x the channels it transforms).
         self.subnet1 = subnet_factory(self.c1 + cond_channels, 2 * self.c2)
         self.subnet2 = subnet_factory(self.c2 + cond_channels, 2 * self.c1) if two_sided else None
+        self.subnet_conditions = bool(getattr(self.subnet1, "takes_condition", False))
         if permute_seed is None:
             perm = torch.arange(channels)
         else:
             # A private generator, so the permutation depends on the seed alone.
             perm = torch.randperm(channels, generator=torch.Generator().manual_seed(permute_seed))
         self.register_buffer("perm", perm)
+        self.mixing = mixing
+        if mixing == "orthogonal":
+            gen = torch.Generator().manual_seed(10_007 + (permute_seed or 0))
+            q, r = torch.linalg.qr(torch.randn(channels, channels, generator=gen, dtype=torch.float64))
+            q = q * torch.sign(torch.diagonal(r))  # the QR of a Gaussian, signs fixed: Haar-uniform
+            self.register_buffer("rotation", q.float())
+        self.global_affine = global_affine
+        if global_affine:
+            # raw value whose activation 0.2 softplus(a / 2) is exactly 1 (AllInOneBlock's init)
+            self.affine_scale = nn.Parameter(torch.full((channels,), 2 * math.log(math.exp(5.0) - 1)))
+            self.affine_offset = nn.Parameter(torch.zeros(channels))
 
     def _condition(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor | None:
         """Check ``cond`` against how the block was built; broadcast it to ``[N, P, *x.shape[2:]]``."""
+        if self.subnet_conditions:  # the subnet reads and checks the condition itself
+            return cond
         if self.cond_channels == 0:
             if cond is not None:
                 raise ValueError("this block was built without a condition (cond_channels=0)")
@@ -162,13 +192,31 @@ class CouplingBlock(nn.Module):
 
     def _scale_shift(self, subnet: nn.Module, h: torch.Tensor, cond: torch.Tensor | None):
         """One subnet pass on ``h`` (+ condition), split into clamped log-scale ``s`` and shift ``t``."""
-        inp = h if cond is None else torch.cat([h, cond], dim=1)
-        s, t = subnet(inp).chunk(2, dim=1)
+        if self.subnet_conditions:
+            out = subnet(h, cond)
+        else:
+            out = subnet(h if cond is None else torch.cat([h, cond], dim=1))
+        s, t = out.chunk(2, dim=1)
         return soft_clamp(s, self.clamp, self.clamp_kind), t
+
+    def _rotate(self, x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """``matrix [C, C]`` applied to the channels (dim 1) of ``x`` of any rank."""
+        if x.dim() == 2:
+            return x @ matrix.T
+        return torch.einsum("dc,nc...->nd...", matrix, x)
+
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return 0.2 * F.softplus(0.5 * self.affine_scale), self.affine_offset
+
+    def _channel_view(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return v.view(1, -1, *([1] * (x.dim() - 2)))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
         cond = self._condition(x, cond)
-        x = x.index_select(1, self.perm)  # a permutation has |det| = 1: no logdet term
+        if self.mixing == "orthogonal":
+            x = self._rotate(x, self.rotation)  # a rotation has |det| = 1: no logdet term
+        else:
+            x = x.index_select(1, self.perm)  # nor has a permutation
         y1, y2 = x[:, :self.c1], x[:, self.c1:]
         s1, t1 = self._scale_shift(self.subnet1, y1, cond)
         y2 = y2 * torch.exp(s1) + t1
@@ -177,10 +225,19 @@ class CouplingBlock(nn.Module):
             s2, t2 = self._scale_shift(self.subnet2, y2, cond)  # reads the *new* y2 (eq. 1)
             y1 = y1 * torch.exp(s2) + t2
             logdet = logdet + s2.flatten(1).sum(1)
-        return torch.cat([y1, y2], dim=1), logdet
+        y = torch.cat([y1, y2], dim=1)
+        if self.global_affine:
+            scale, offset = self._affine()
+            y = y * self._channel_view(scale, y) + self._channel_view(offset, y)
+            positions = y[0, 0].numel()
+            logdet = logdet + torch.log(scale).sum() * positions
+        return y, logdet
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         cond = self._condition(y, cond)
+        if self.global_affine:
+            scale, offset = self._affine()
+            y = (y - self._channel_view(offset, y)) / self._channel_view(scale, y)
         y1, y2 = y[:, :self.c1], y[:, self.c1:]
         # Reverse order: y2' is known, so s2, t2 can be recomputed and y1 recovered first.
         if self.two_sided:
@@ -188,7 +245,11 @@ class CouplingBlock(nn.Module):
             y1 = (y1 - t2) * torch.exp(-s2)
         s1, t1 = self._scale_shift(self.subnet1, y1, cond)
         y2 = (y2 - t1) * torch.exp(-s1)
-        return torch.cat([y1, y2], dim=1).index_select(1, torch.argsort(self.perm))
+        x = torch.cat([y1, y2], dim=1)
+        if self.mixing == "orthogonal":
+            # the inverse of the stored (rounded) matrix, not its transpose: exact in any dtype
+            return self._rotate(x, torch.linalg.inv(self.rotation))
+        return x.index_select(1, torch.argsort(self.perm))
 
 
 class Flow(nn.Module):
@@ -205,7 +266,8 @@ class Flow(nn.Module):
     @classmethod
     def build(cls, channels: int, n_blocks: int, subnet_factory: SubnetFactory,
               clamp: float = 3.0, clamp_kind: str = "atan", cond_channels: int = 0,
-              seed: int = 0, two_sided: bool = True) -> Flow:
+              seed: int = 0, two_sided: bool = True, mixing: str = "permutation",
+              global_affine: bool = False) -> Flow:
         """``n_blocks`` blocks with permutation seeds ``seed, seed + 1, ...``.
 
         The subnet weights are drawn inside a forked RNG seeded with ``seed``, so a build
@@ -214,7 +276,8 @@ class Flow(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             blocks = [CouplingBlock(channels, subnet_factory, clamp, clamp_kind, cond_channels,
-                                    two_sided, permute_seed=seed + i) for i in range(n_blocks)]
+                                    two_sided, permute_seed=seed + i, mixing=mixing,
+                                    global_affine=global_affine) for i in range(n_blocks)]
         return cls(blocks)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):

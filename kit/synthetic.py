@@ -458,6 +458,12 @@ class DefectGenerator:
         if self.image_size < 2 or self.seed < 0:
             raise ValueError(f"image_size={image_size} must be >= 2 and seed={seed} >= 0")
 
+    def with_config(self, config: SyntheticConfig) -> "DefectGenerator":
+        """The same normals, size, seed, DTD folder and texture flag with another recipe
+        (a method that needs the papers' Perlin-only defects, say)."""
+        return DefectGenerator(self.normals, self.image_size, self.seed, config, self._dtd_root,
+                               self.texture)
+
     @property
     def uses_foreground(self) -> bool:
         """Whether defects are restricted to the Otsu object mask."""

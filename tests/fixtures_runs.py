@@ -34,6 +34,10 @@ TINY: dict[str, dict[str, Any]] = {
     "padim": {},
     "differnet": {"scales": (64,), "epochs": 1, "hidden": 32, "n_test_transforms": 2,
                   "n_map_transforms": 1, "cache": False},  # no feature cache: nothing in .cache/
+    "cflow": {"epochs": 1, "n_blocks": 2, "fiber_batch": 512},
+    "cls_cnfs": {"epochs": 1, "n_blocks": 2, "fiber_batch": 512, "decoder_epochs": 1,
+                 "joint_epochs": 1, "regen_every": 1, "decoder_blocks": (1, 1, 1, 1),
+                 "weight_images": 4},
 }
 
 

@@ -486,3 +486,20 @@ def test_first_start_explains_and_makes_demo_runs(tmp_path, monkeypatch):
     assert (runs / "demo_padim" / "metrics.json").is_file()
     assert at.title[0].value == "Compare runs on one test image"
     assert "cmp_map_demo_padim" in charts(at)
+
+
+def test_ablation_commands_share_runs_between_maps_of_one_model(tmp_path, monkeypatch):
+    """CLS-CNFs' Table 2 is five maps of one run, and Table 1's FE_PRE / FE_CLS read that run:
+    the page prints one fit line for Table 2 (tagged with all five variants) and points Table 1's
+    two at Table 2's command instead of a fit of their own."""
+    monkeypatch.setenv("KIT_RUNS_ROOT", str(tmp_path / "no_runs"))
+    at = start("ablations")
+    code = "\n".join(c.value for c in at.code)
+    fits = [line for line in code.splitlines() if line.startswith(".venv/bin/python -m kit fit --method cls_cnfs")
+            or " -m kit fit --method cls_cnfs" in line]
+    table2 = [line for line in fits if "ablation=table2" in line]
+    assert len(table2) == 1 and "pre_flows=true" in table2[0]
+    assert all(label in table2[0] for label in ("A_p", "A_nf_pre", "A_nf", "A_ns", '"A"'))
+    table1 = [line for line in fits if "ablation=table1" in line]
+    assert len(table1) == 1 and "head=reg" in table1[0]  # FE_REG only
+    assert "kit ablation cls_cnfs table2" in code and "--variants A_nf_pre" in code

@@ -46,11 +46,12 @@ def randomise(module, seed=0, gain=1.0):
 
 
 def make_flow(channels, n_blocks=4, factory=None, cond_channels=0, clamp_kind="atan",
-              clamp=3.0, two_sided=True, seed=0):
+              clamp=3.0, two_sided=True, seed=0, mixing="permutation", global_affine=False):
     """A small float64 flow with random weights."""
     factory = factory or subnet_fc(hidden=16, depth=2)
     flow = Flow.build(channels, n_blocks, factory, clamp=clamp, clamp_kind=clamp_kind,
-                      cond_channels=cond_channels, seed=seed, two_sided=two_sided)
+                      cond_channels=cond_channels, seed=seed, two_sided=two_sided,
+                      mixing=mixing, global_affine=global_affine)
     return randomise(flow.double(), seed=seed + 100)
 
 
@@ -85,6 +86,14 @@ def cases():
                  torch.randn(3, 3, 2, 3, generator=gen, dtype=torch.float64), None),
         "conv_conditional": (make_flow(3, factory=subnet_conv(hidden=8), cond_channels=4),
                              torch.randn(3, 3, 2, 3, generator=gen, dtype=torch.float64), pe),
+        # CFlow-AD's AllInOneBlock: one-sided, a random rotation between couplings, global affine
+        "cflow_block": (make_flow(6, cond_channels=3, clamp=1.9, clamp_kind="tanh", two_sided=False,
+                                  mixing="orthogonal", global_affine=True),
+                        torch.randn(5, 6, generator=gen, dtype=torch.float64),
+                        torch.randn(5, 3, generator=gen, dtype=torch.float64)),
+        "conv_rotation_affine": (make_flow(4, factory=subnet_conv(hidden=8), mixing="orthogonal",
+                                           global_affine=True),
+                                 torch.randn(3, 4, 2, 3, generator=gen, dtype=torch.float64), None),
     }
 
 

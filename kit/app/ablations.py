@@ -19,6 +19,7 @@ import streamlit as st
 
 from kit import plots
 from kit.app import common
+from kit.experiments import ablation_runs, variant_groups, variant_tags
 from kit.method import load_methods
 from kit.papers import Ablation, AblationVariant
 from kit.paths import DEFAULT_CATEGORY, REPO_ROOT, python_command
@@ -26,13 +27,8 @@ from kit.runstore import Run
 
 
 def runs_of(runs: list[Run], method: str, ablation: str, variant: str) -> list[Run]:
-    """Runs of ``method`` tagged with this ablation and variant."""
-    out = []
-    for run in runs:
-        tags = run.config.get("tags") or {}
-        if run.method == method and tags.get("ablation") == ablation and str(tags.get("variant")) == variant:
-            out.append(run)
-    return out
+    """Runs of ``method`` tagged with this ablation that serve this variant."""
+    return ablation_runs(runs, method, ablation).get(variant, [])
 
 
 def group_of(run: Run) -> tuple[str, str, str, str]:
@@ -97,9 +93,17 @@ def commands(method: str, ablation: Ablation, missing: list[AblationVariant], ca
         lines += ["# all missing variants at once (quick budget; add --seeds 0 1 2 for spreads):",
                   f"{python} -m kit ablation {method} {ablation.name} --category {shlex.quote(category)} "
                   f"--runs-root {shlex.quote(root)} --variants {labels}", "", "# or one at a time:"]
-    for v in missing:
+    for source in sorted({v.source for v in missing if v.source is not None}):
+        lines.append(f"# {', '.join(v.label for v in missing if v.source == source)}: maps of "
+                     f"{source[0]}'s run for {source[1]}, made by its command")
+        lines.append(f"{python} -m kit ablation {method} {source[0]} --category "
+                     f"{shlex.quote(category)} --runs-root {shlex.quote(root)} --variants "
+                     f"{shlex.quote(source[1])}")
+    for group in variant_groups([v for v in missing if v.source is None]):  # maps of one model share its run
+        v = group[0]
         sets = [f"--set {shlex.quote(f'{k}={_value(x)}')}" for k, x in v.overrides.items()]
-        tags = {"ablation": ablation.name, "variant": v.label}
+        tags = variant_tags(ablation.name, group)
+        tags = {k: json.dumps(t) if isinstance(t, list) else t for k, t in tags.items()}
         out = shlex.quote(str(Path(root) / _run_name(method, ablation.name, v.label)))
         if "--tag" in options:
             lines.append(" ".join([f"{python} -m kit fit --method {method}",
@@ -130,8 +134,9 @@ def show_ablation(method: str, title: str, ablation: Ablation, runs: list[Run]) 
             group = st.selectbox("Our runs on", groups, key=key, format_func=group_label)
         category = group[1]
         tagged = {k: [r for r in rs if group_of(r) == group] for k, rs in tagged.items()}
-    ours = {k: [float(r.metrics[ablation.metric]) for r in rs if r.metrics.get(ablation.metric) is not None]
-            for k, rs in tagged.items()}
+    values = {v.label: [v.value(r.metrics, ablation.metric) for r in tagged[v.label]]
+              for v in ablation.variants}
+    ours = {k: [x for x in vs if x is not None] for k, vs in values.items()}
     paper = {v.label: v.paper_value for v in ablation.variants}
     labels = [v.label for v in ablation.variants]
     st.plotly_chart(plots.ablation_figure(labels, ours, paper, ablation.metric,
@@ -140,6 +145,7 @@ def show_ablation(method: str, title: str, ablation: Ablation, runs: list[Run]) 
     table = pd.DataFrame([{
         "variant": v.label,
         "settings": ", ".join(f"{k}={_value(x)}" for k, x in v.overrides.items()) or "(defaults)",
+        "map": v.map or "primary",
         "paper": v.paper_value,
         "ours (mean)": float(np.mean(ours[v.label])) if ours[v.label] else None,
         "spread": float(np.ptp(ours[v.label])) if len(ours[v.label]) > 1 else None,

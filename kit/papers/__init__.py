@@ -26,6 +26,18 @@ class AblationVariant:
     label: str
     overrides: dict[str, Any]
     paper_value: float | None = None  # in [0, 1]; None where the paper gives no number
+    # the named map whose metrics are the variant's value (metrics.json["maps"][map]); None =
+    # the run's primary map. Variants with equal overrides share one run (maps of one model).
+    map: str | None = None
+    # (ablation, variant) of the same paper whose run this variant reads instead of a run of
+    # its own, e.g. Table 1's FE_CLS is a map of Table 2's run; None = its own run
+    source: tuple[str, str] | None = None
+
+    def value(self, metrics: dict[str, Any], metric: str) -> float | None:
+        """This variant's ``metric`` in a run's ``metrics.json``, None where it is missing."""
+        source = metrics if self.map is None else (metrics.get("maps") or {}).get(self.map) or {}
+        value = source.get(metric)
+        return None if value is None else float(value)
 
 
 @dataclass
@@ -51,6 +63,9 @@ class Paper:
     # the paper's numbers per dataset, in [0, 1]: {"mtd": {"image_auroc": 0.977}}
     results: dict[str, dict[str, float]] = field(default_factory=dict)
     ablations: tuple[Ablation, ...] = ()
+    # the paper's tables in full, every metric: {table: {row: {metric: value}}}; an ablation's
+    # variants carry only its headline metric, notebooks print the rest beside ours from here
+    tables: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     budget_notes: dict[str, str] = field(default_factory=dict)  # budget -> why it has its values
 
     @property
