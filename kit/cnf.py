@@ -230,8 +230,8 @@ class FiberFlows(nn.Module):
         for epoch in bar:
             epoch_loss = []
             for level, fmap in enumerate(features):
-                n_img, c, h, w = fmap.shape
-                flat = fmap.permute(0, 2, 3, 1).reshape(-1, c)  # [N_img * H * W, C] on the CPU
+                h, w = fmap.shape[-2:]
+                flat = fibers(fmap)  # [N_img * H * W, C] on the CPU
                 order = torch.randperm(flat.shape[0], generator=gen)
                 total, seen = 0.0, 0
                 for idx in order.split(fiber_batch):

@@ -99,16 +99,22 @@ class CFlow(AnomalyMethod):
         """The maps the flows model: ``[B, C_i, H_i, W_i]`` per layer."""
         return self.extractor(images.to(self.device))
 
-    @torch.inference_mode()
-    def training_features(self, train: ImageSet, progress: bool) -> list[torch.Tensor]:
-        """Every training image's flow features, on the CPU: ``[N, C_i, H_i, W_i]`` per layer."""
+    @torch.no_grad()  # not inference_mode: CLS-CNFs' decoder trains on these maps (autograd saves them)
+    def encode_all(self, images: torch.Tensor, progress: bool = False,
+                   desc: str = "features") -> list[torch.Tensor]:
+        """The flow features of uint8 ``images [N, 3, S, S]``, on the CPU: ``[N, C_i, H_i, W_i]``
+        per layer, in batches of ``extract_batch_size``."""
         parts: list[list[torch.Tensor]] = []
         step = self.config.extract_batch_size
-        total = -(-len(train) // step)
-        for batch in tqdm(train.batches(step), total=total, desc=f"{self.name}: features",
+        for start in tqdm(range(0, len(images), step), desc=f"{self.name}: {desc}",
                           disable=not progress, leave=False):
+            batch = images[start:start + step].float().div_(255)
             parts.append([f.float().cpu().contiguous() for f in self.flow_features(batch)])
         return [torch.cat(level) for level in zip(*parts)]
+
+    def training_features(self, train: ImageSet, progress: bool) -> list[torch.Tensor]:
+        """Every training image's flow features, on the CPU: ``[N, C_i, H_i, W_i]`` per layer."""
+        return self.encode_all(train.tensor(), progress)
 
     def fit_flows(self, train: ImageSet, context: FitContext, epoch_offset: int = 0,
                   epochs_total: int | None = None) -> dict[str, Any]:

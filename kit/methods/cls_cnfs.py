@@ -131,6 +131,19 @@ class ClsCnfs(CFlow):
         return [m for m in (self.extractor, self.decoder, self.cnf, self.extractor_pre, self.cnf_pre)
                 if m is not None]
 
+    def _frozen_copy(self) -> torch.nn.Module:
+        """A copy of the encoder as it is now, with no trainable parameter."""
+        copied = copy.deepcopy(self.extractor)
+        for p in copied.parameters():
+            p.requires_grad_(False)
+        return copied
+
+    def _component_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A_nf, raw decoder output)`` of images ``x [B, 3, S, S]`` through the shared encoder."""
+        maps = self.extractor(x.to(self.device))
+        s = x.shape[-1]
+        return self.cnf.anomaly_map(maps, s), self.decoder(maps, s)
+
     # -- synthetic data ---------------------------------------------------------------------------
     def generator(self, train: ImageSet, context: FitContext) -> DefectGenerator:
         c = self.config
@@ -181,7 +194,7 @@ class ClsCnfs(CFlow):
                 empty.append(int((~masks.flatten(1).any(1)).sum()))
                 cached = None
             if not joint and cached is None:  # frozen encoder: its maps are fixed for N_s epochs
-                cached = self._encode_all(images)
+                cached = self.encode_all(images)
             self.decoder.train()
             total, seen = 0.0, 0
             order = torch.randperm(n, generator=order_gen)
@@ -211,23 +224,13 @@ class ClsCnfs(CFlow):
         return {f"{c.head}_loss": losses, "pixel_epochs": epochs, "synthetic_normal": empty,
                 "pixel_seconds": round(time.perf_counter() - t0, 3)}
 
-    @torch.no_grad()  # not inference_mode: the decoder's autograd saves these maps
-    def _encode_all(self, images: torch.Tensor) -> list[torch.Tensor]:
-        parts = []
-        for start in range(0, len(images), self.config.extract_batch_size):
-            x = images[start:start + self.config.extract_batch_size].float().div_(255).to(self.device)
-            parts.append([m.float().contiguous() for m in self.extractor(x)])
-        return [torch.cat(level) for level in zip(*parts)]
-
     # -- fit --------------------------------------------------------------------------------------
     def fit(self, train: ImageSet, context: FitContext | None = None) -> dict[str, Any]:
         c = self.config
         context = self.fit_context(context)
         log: dict[str, Any] = {}
         if c.pre_flows:  # CFlow-AD on the untouched encoder, before fine-tuning changes it
-            self.extractor_pre = copy.deepcopy(self.extractor)
-            for p in self.extractor_pre.parameters():
-                p.requires_grad_(False)
+            self.extractor_pre = self._frozen_copy()
             pre = self.fit_flows(train, FitContext(seed=context.seed, device=context.device,
                                                    progress=context.progress))
             self.cnf_pre, self.cnf = self.cnf, self.build_flows()
@@ -256,10 +259,9 @@ class ClsCnfs(CFlow):
         a_nf, a_p = [], []
         with torch.inference_mode():
             for start in range(0, len(defects), c.batch_size):
-                x = defects[start:start + c.batch_size].float().div_(255).to(self.device)
-                maps = self.extractor(x)
-                a_nf.append(self.cnf.anomaly_map(maps, c.image_size).cpu())
-                a_p.append(torch.sigmoid(self.decoder(maps, c.image_size)[:, 0]).cpu())
+                nf, raw = self._component_maps(defects[start:start + c.batch_size].float().div_(255))
+                a_nf.append(nf.cpu())
+                a_p.append(torch.sigmoid(raw[:, 0]).cpu())
         a_nf, a_p = torch.cat(a_nf), torch.cat(a_p)
         grid = {}
         for w in c.weight_grid:
@@ -279,9 +281,7 @@ class ClsCnfs(CFlow):
             raise RuntimeError("fit() or load_state_dict() first")
         c, s = self.config, images.shape[-1]
         x = images.to(self.device)
-        maps = self.extractor(x)
-        a_nf = self.cnf.anomaly_map(maps, s)
-        raw = self.decoder(maps, s)
+        a_nf, raw = self._component_maps(x)
         named: dict[str, torch.Tensor] = {}
         recon = None
         if c.head == "cls":
@@ -310,9 +310,7 @@ class ClsCnfs(CFlow):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         if self.config.pre_flows and "cnf_pre" in state:  # the untouched encoder is rebuilt
-            self.extractor_pre = copy.deepcopy(self.extractor)
-            for p in self.extractor_pre.parameters():
-                p.requires_grad_(False)
+            self.extractor_pre = self._frozen_copy()
             self.cnf_pre = self.build_flows()
             self.cnf_pre.load_state_dict(state["cnf_pre"])
             self.cnf_pre.eval()
