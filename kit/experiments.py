@@ -92,7 +92,12 @@ def run_ablation(method: str, name: str, data_root: Path | str, category: str, r
     for other, labels in sourced.items():
         paths += run_ablation(method, other, data_root, category, runs_root, budget, seeds,
                               sorted(set(labels)), extra_overrides, progress, on_run)
-    for group in variant_groups([v for v in chosen if v.source is None]):
+    # groups over every variant of the ablation, so a run made for one of them is tagged with
+    # all it serves (``--variants n=2`` also makes Table 5's NF, a map of the same run)
+    wanted = {v.label for v in chosen}
+    groups = [g for g in variant_groups([v for v in ablation.variants if v.source is None])
+              if any(v.label in wanted for v in g)]
+    for group in groups:
         for seed in seeds:
             out = safe_run_dir(runs_root, run_name(method, name, group[0].label, budget, seed,
                                                    fingerprint))
@@ -109,13 +114,19 @@ def run_ablation(method: str, name: str, data_root: Path | str, category: str, r
 def ablation_runs(runs: list[Run], method: str, name: str) -> dict[str, list[Run]]:
     """Runs of ``method`` tagged with ablation ``name``, grouped by variant label (a run that
     serves several variants is in each of their lists)."""
+    ablation = find_ablation(method, name)
+    siblings: dict[str, list[str]] = {}  # label -> every label of its shared-run group
+    for group in variant_groups([v for v in ablation.variants if v.source is None]):
+        for v in group:
+            siblings[v.label] = [g.label for g in group]
     grouped: dict[str, list[Run]] = {}
     for run in runs:
         tags = run.config.get("tags") or {}
         if run.method == method and tags.get("ablation") == name:
-            for label in run_labels(run):
+            labels = {s for label in run_labels(run) for s in siblings.get(label, [label])}
+            for label in sorted(labels):
                 grouped.setdefault(label, []).append(run)
-    for variant in find_ablation(method, name).variants:
+    for variant in ablation.variants:
         if variant.source is not None:  # e.g. Table 1's FE_CLS: a map of Table 2's run
             other, label = variant.source
             grouped[variant.label] = ablation_runs(runs, method, other).get(label, [])

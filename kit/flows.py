@@ -211,7 +211,11 @@ class CouplingBlock(nn.Module):
     def _channel_view(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return v.view(1, -1, *([1] * (x.dim() - 2)))
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
+                per_position: bool = False):
+        """``(y, logdet)``: ``logdet [N]``, or with ``per_position=True`` ``[N, *x.shape[2:]]``,
+        each position's share (its log-scales summed over channels). A coupling's Jacobian is
+        triangular however wide the subnets look, so the shares add up to the whole ``logdet``."""
         cond = self._condition(x, cond)
         if self.mixing == "orthogonal":
             x = self._rotate(x, self.rotation)  # a rotation has |det| = 1: no logdet term
@@ -220,17 +224,18 @@ class CouplingBlock(nn.Module):
         y1, y2 = x[:, :self.c1], x[:, self.c1:]
         s1, t1 = self._scale_shift(self.subnet1, y1, cond)
         y2 = y2 * torch.exp(s1) + t1
-        logdet = s1.flatten(1).sum(1)
+        logdet = s1.sum(1)  # [N, *spatial]
         if self.two_sided:
             s2, t2 = self._scale_shift(self.subnet2, y2, cond)  # reads the *new* y2 (eq. 1)
             y1 = y1 * torch.exp(s2) + t2
-            logdet = logdet + s2.flatten(1).sum(1)
+            logdet = logdet + s2.sum(1)
         y = torch.cat([y1, y2], dim=1)
         if self.global_affine:
             scale, offset = self._affine()
             y = y * self._channel_view(scale, y) + self._channel_view(offset, y)
-            positions = y[0, 0].numel()
-            logdet = logdet + torch.log(scale).sum() * positions
+            logdet = logdet + torch.log(scale).sum()  # every position's share
+        if not per_position:
+            logdet = logdet.flatten(1).sum(1) if logdet.dim() > 1 else logdet
         return y, logdet
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -280,10 +285,12 @@ class Flow(nn.Module):
                                     global_affine=global_affine) for i in range(n_blocks)]
         return cls(blocks)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None):
-        logdet = x.new_zeros(x.shape[0])
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None,
+                per_position: bool = False):
+        """``(z, logdet)``; ``per_position=True``: ``logdet [N, *x.shape[2:]]`` per position."""
+        logdet = x.new_zeros(x.shape[0], *(x.shape[2:] if per_position else ()))
         for block in self.blocks:
-            x, block_logdet = block(x, cond)
+            x, block_logdet = block(x, cond, per_position)
             logdet = logdet + block_logdet
         return x, logdet
 
@@ -348,3 +355,26 @@ def positional_encoding_2d(channels: int, height: int, width: int,
     pe[half::2] = torch.sin(angle_y).T[:, :, None]  # [P/4, H, 1]: the same for every column
     pe[half + 1::2] = torch.cos(angle_y).T[:, :, None]
     return pe.to(dtype)
+
+
+def fit_flow(flow: Flow, data: torch.Tensor, epochs: int, lr: float, weight_decay: float,
+             batch_size: int, gen: torch.Generator, device: torch.device, progress: bool = True,
+             desc: str = "flow", on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train an unconditional ``flow`` by maximum likelihood on ``data [N, ...]`` (CPU).
+
+    Adam; batches of ``batch_size`` in a seeded order; loss ``mean(nll) / D`` with ``D`` the
+    size of one sample (DifferNet's scaling, which keeps the learning rate independent of the
+    feature size). Returns the mean loss of every epoch; stops at a non-finite one.
+    """
+    from kit.training import adam_epochs
+
+    d = data[0].numel()
+
+    def batch_loss(idx: torch.Tensor, epoch: int) -> torch.Tensor:
+        z, logdet = flow(data[idx].to(device))
+        loss = nll(z, logdet).mean() / d
+        check_finite_loss(loss, epoch, lr)
+        return loss
+
+    return adam_epochs(flow, data.shape[0], batch_loss, epochs, lr, weight_decay, batch_size, gen,
+                       progress, desc, "nll", on_epoch)

@@ -38,6 +38,9 @@ TINY: dict[str, dict[str, Any]] = {
     "cls_cnfs": {"epochs": 1, "n_blocks": 2, "fiber_batch": 512, "decoder_epochs": 1,
                  "joint_epochs": 1, "regen_every": 1, "decoder_blocks": (1, 1, 1, 1),
                  "weight_images": 4},
+    "bpfm": {"latent": 16, "map_epochs": 1},
+    "mbpfm": {"latent": 16, "map_epochs": 1},
+    "nf_bmr": {"flow_hidden": 16, "flow_epochs": 1, "latent": 16, "map_epochs": 1},
 }
 
 

@@ -3,6 +3,8 @@ in a run of the same variant on another (the embedded sample vs the full MTD).""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import make_toy_dataset
@@ -54,3 +56,25 @@ def test_sweeps_on_two_datasets_in_one_runs_root_never_mix(two_datasets, tmp_pat
     other_budget = ablation_table(root, "differnet", "table3", data_root=small, category="toy",
                                   budget="full")
     assert all(r["runs"] == 0 for r in other_budget)
+
+
+def test_a_variant_run_serves_every_variant_that_shares_it(two_datasets, tmp_path):
+    """Table 5's NF is a map of the n = 2 run: asking for n = 2 alone tags the run for both, and
+    a run tagged for one of them (an older sweep) still counts for the other."""
+    small, _ = two_datasets
+    root = tmp_path / "runs"
+    (path,) = run_ablation("nf_bmr", "table5", small, "toy", root, variants=["n=2"],
+                           extra_overrides=tiny_overrides("nf_bmr"), progress=False)
+    run = load_run(path)
+    assert set(run.config["tags"]["variants"]) == {"n=2", "NF"}
+    rows = {r["variant"]: r for r in ablation_table(root, "nf_bmr", "table5", data_root=small,
+                                                    category="toy", budget="quick")}
+    assert rows["NF"]["runs"] == rows["n=2"]["runs"] == 1 and rows["n=1"]["runs"] == 0
+    assert rows["NF"]["ours"] == run.metrics["maps"]["NF"]["image_auroc"]
+    assert rows["n=2"]["ours"] == run.metrics["image_auroc"]
+    config = run.config  # an older sweep's run, tagged for n=2 only
+    config["tags"] = {"ablation": "table5", "variant": "n=2"}
+    (path / "config.json").write_text(json.dumps(config))
+    rows = {r["variant"]: r for r in ablation_table(root, "nf_bmr", "table5", data_root=small,
+                                                    category="toy", budget="quick")}
+    assert rows["NF"]["runs"] == 1
