@@ -118,6 +118,27 @@ def test_a_trained_mapping_carries_normal_pairs_but_not_mismatched_ones():
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_predict_refuses_before_fit_and_at_another_size(toy_root, name):
+    fresh = make_method(name, "quick", **FAST[name])
+    with pytest.raises(RuntimeError, match="fit"):
+        fresh.predict(torch.zeros(1, 3, 64, 64))
+    method, images, _ = _fitted(toy_root, name)
+    with pytest.raises(ValueError, match="fitted at 64 px"):
+        method.predict(torch.zeros(1, 3, 96, 96))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_fit_reports_every_epoch_once_in_order(toy_root, name):
+    cat = find_category(toy_root, "toy")
+    seen = []
+    context = FitContext(progress=False, on_epoch=lambda epoch, total, losses: seen.append((epoch, total)))
+    make_method(name, "quick", **FAST[name]).fit(ImageSet(cat.train, 64), context)
+    c = FAST[name]
+    total = c.get("flow_epochs", 0) + len(make_method(name, "quick", **c).config.layers) * c["map_epochs"]
+    assert seen == [(e, total) for e in range(1, total + 1)]
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_scores_do_not_depend_on_the_batch(toy_root, name):
     method, images, _ = _fitted(toy_root, name)
     together = method.predict(images)
@@ -150,7 +171,7 @@ def test_nf_bmr_names_the_flow_map_and_embeds_three_spaces(toy_root):
     assert set(pa.named_maps) == {"forward", "backward", "NF"}
     assert torch.equal(pa.anomaly_maps, pb.anomaly_maps)  # a seeded fit is deterministic
     assert torch.equal(pa.named_maps["NF"], pb.named_maps["NF"])
-    assert len(log["flow_nll"]) == 2 and log["epochs_before_mapping"] == 2
+    assert len(log["flow_nll"]) == 2
     emb = a.embed(images[:4])
     assert set(emb) == set(a.feature_spaces) == {"source", "target", "flow"}
     c = a.source.channels[0]

@@ -94,6 +94,7 @@ class BPfm(AnomalyMethod):
             self.source = FeatureExtractor(c.backbone, c.layers, c.weights, channels_last=True).to(self.device)
             self.target = self.build_target()
         self.mappings = self.build_mappings()
+        self._fitted = False  # set by fit() and load_state_dict(); predict refuses before
 
     # -- the two spaces ---------------------------------------------------------------------------
     def build_target(self) -> FeatureExtractor | None:
@@ -184,12 +185,18 @@ class BPfm(AnomalyMethod):
         log.update(self.fit_spaces(raw, context))
         with torch.no_grad():
             pairs = self._batched_spaces(raw)
-        log.update(self.fit_mappings(pairs, context, epoch_offset=log.get("epochs_before_mapping", 0)))
+        log.update(self.fit_mappings(pairs, context))
+        self._fitted = True
         return log
 
     def fit_spaces(self, raw: list[torch.Tensor], context: FitContext) -> dict[str, Any]:
         """Learn whatever builds the spaces from the raw features (B-PFM: nothing)."""
         return {}
+
+    def epochs_before_mapping(self) -> int:
+        """Training epochs :meth:`fit_spaces` reports before the mappings' (B-PFM: none), so
+        the fit's progress counts one sequence of epochs."""
+        return 0
 
     def _batched_spaces(self, raw: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """:meth:`spaces` of all training features, in batches, on the CPU."""
@@ -199,54 +206,65 @@ class BPfm(AnomalyMethod):
         return [(torch.cat([p[k][0].cpu() for p in parts]), torch.cat([p[k][1].cpu() for p in parts]))
                 for k in range(len(parts[0]))]
 
-    def fit_mappings(self, pairs: list[tuple[torch.Tensor, torch.Tensor]], context: FitContext,
-                     epoch_offset: int = 0) -> dict[str, Any]:
+    def fit_mappings(self, pairs: list[tuple[torch.Tensor, torch.Tensor]],
+                     context: FitContext) -> dict[str, Any]:
         """Train one mapping per scale on the training pairs (eq. 13)."""
         c = self.config
+        epoch_offset = self.epochs_before_mapping()
         t0 = time.perf_counter()
         self.mappings = self.build_mappings()
-        total = epoch_offset + c.map_epochs
+        total = epoch_offset + len(pairs) * c.map_epochs  # one scale's mapping after another
         losses = []
         for k, ((y, z), mapping) in enumerate(zip(pairs, self.mappings)):
+            done = epoch_offset + k * c.map_epochs
             gen = torch.Generator().manual_seed(c.seed + 10 + k)
             losses.append(fit_mapping(
                 mapping, y, z, c.map_epochs, c.map_lr, c.map_weight_decay, c.map_batch_size, gen,
                 self.device, context.progress, desc=f"{self.name}: mapping {k + 1}/{len(pairs)}",
-                on_epoch=lambda e, loss: context.epoch_done(epoch_offset + e + 1, total, map_loss=loss)))
+                on_epoch=lambda e, loss, done=done: context.epoch_done(done + e + 1, total, map_loss=loss)))
         mean_loss = [sum(values) / len(values) for values in zip(*losses)] if losses else []
         return {"map_loss": mean_loss, "map_seconds": round(time.perf_counter() - t0, 3)}
 
     # -- predict ----------------------------------------------------------------------------------
-    def residuals(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The forward and backward residual maps (``kit.mapping.residual_maps``) averaged over
-        scales, at the image size ``[B, S, S]`` each, not yet blurred."""
-        s = self.config.image_size
-        forward = backward = None
-        for (y, z), mapping in zip(pairs, self.mappings):
-            z_mapped, y_mapped = mapping(y, z)
-            f, b = residual_maps(y, z, z_mapped, y_mapped)
-            f, b = (F.interpolate(m[:, None], size=(s, s), mode="bilinear", align_corners=False)[:, 0]
-                    for m in (f, b))
-            forward = f if forward is None else forward + f
-            backward = b if backward is None else backward + b
-        n = len(pairs)
-        return forward / n, backward / n
-
-    def _final(self, m: torch.Tensor) -> torch.Tensor:
-        return upsample_blur(m[:, None], self.config.image_size, self.config.blur_sigma)[:, 0]
-
-    @torch.inference_mode()
-    def predict(self, images: torch.Tensor) -> Prediction:
+    def _check_input(self, images: torch.Tensor) -> None:
+        """Refuse to score before fit/load, or at another size than the model was fitted at."""
+        if not self._fitted:
+            raise RuntimeError(f"{self.name}: fit() or load_state_dict() first")
         if images.shape[-1] != self.config.image_size:
             raise ValueError(f"images are {images.shape[-1]} px, the model was fitted at "
                              f"{self.config.image_size} px")
-        self.mappings.eval()
-        pairs = self.spaces(self.raw_features(images))
-        forward, backward = self.residuals(pairs)
-        maps = self._final(0.5 * (forward + backward))
+        for module in self.modules():
+            module.eval()
+
+    def _final(self, m: torch.Tensor) -> torch.Tensor:
+        """A small map ``[B, h, w]`` upsampled to the image and blurred, ``[B, S, S]``, in one step."""
+        return upsample_blur(m, self.config.image_size, self.config.blur_sigma)
+
+    def residuals(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward and backward residual maps (``kit.mapping.residual_maps``), each scale's
+        upsampled to the image and blurred, averaged over scales, ``[B, S, S]`` each. Upsampling
+        and blurring are linear, so this equals blurring the mean of the upsampled maps."""
+        forward = backward = 0.0
+        for (y, z), mapping in zip(pairs, self.mappings):
+            z_mapped, y_mapped = mapping(y, z)
+            f, b = residual_maps(y, z, z_mapped, y_mapped)
+            forward = forward + self._final(f)
+            backward = backward + self._final(b)
+        n = len(pairs)
+        return forward / n, backward / n
+
+    def _prediction(self, forward: torch.Tensor, backward: torch.Tensor,
+                    **extra_maps: torch.Tensor) -> Prediction:
+        """The map is the mean of the two residual maps; the image score its maximum."""
+        maps = 0.5 * (forward + backward)
         return Prediction(image_scores=maps.flatten(1).max(1).values, anomaly_maps=maps,
-                          named_maps={"forward": self._final(forward), "backward": self._final(backward)})
+                          named_maps={"forward": forward, "backward": backward, **extra_maps})
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        self._check_input(images)
+        return self._prediction(*self.residuals(self.spaces(self.raw_features(images))))
 
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -267,3 +285,4 @@ class BPfm(AnomalyMethod):
         self.mappings = self.build_mappings()
         self.mappings.load_state_dict(state["mappings"])
         self.mappings.eval()
+        self._fitted = True

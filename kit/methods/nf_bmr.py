@@ -88,7 +88,6 @@ class NfBmr(BPfm):
         super().__init__(config)
         self.standardizer = ChannelStandardizer(self.source.channels[0]).to(self.device)
         self.flow = self.build_flow()
-        self._fitted = False
 
     def build_target(self) -> FeatureExtractor | None:
         return None  # the target space is the flow's; the second CNN is built only to embed
@@ -118,36 +117,25 @@ class NfBmr(BPfm):
         with torch.no_grad():
             y = self.standardizer(raw[0].to(self.device)).cpu()
         self.flow = self.build_flow()
-        total = c.flow_epochs + c.map_epochs
+        total = c.flow_epochs + len(self.mappings) * c.map_epochs
         t0 = time.perf_counter()
         losses = fit_flow(self.flow, y, c.flow_epochs, c.flow_lr, c.flow_weight_decay,
                           c.flow_batch_size, torch.Generator().manual_seed(c.seed + 3), self.device,
                           context.progress, desc="nf_bmr: TNF",
                           on_epoch=lambda e, loss: context.epoch_done(e + 1, total, flow_nll=loss))
-        self._fitted = True
-        return {"flow_nll": losses, "flow_seconds": round(time.perf_counter() - t0, 3),
-                "epochs_before_mapping": c.flow_epochs}
+        return {"flow_nll": losses, "flow_seconds": round(time.perf_counter() - t0, 3)}
+
+    def epochs_before_mapping(self) -> int:
+        return self.config.flow_epochs
 
     # -- predict ----------------------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> Prediction:
-        if not self._fitted:
-            raise RuntimeError("fit() or load_state_dict() first")
-        if images.shape[-1] != self.config.image_size:
-            raise ValueError(f"images are {images.shape[-1]} px, the model was fitted at "
-                             f"{self.config.image_size} px")
-        self.mappings.eval()
+        self._check_input(images)
         y = self.standardizer(self.raw_features(images)[0])
         z, logdet = self.flow(y, per_position=True)
         nf = 0.5 * z.pow(2).sum(1) - logdet  # the flow's NLL at each position [B, h, w]
-        forward, backward = self.residuals([(y, z)])
-        s = self.config.image_size
-        nf = torch.nn.functional.interpolate(nf[:, None], size=(s, s), mode="bilinear",
-                                             align_corners=False)[:, 0]
-        maps = self._final(0.5 * (forward + backward))
-        return Prediction(image_scores=maps.flatten(1).max(1).values, anomaly_maps=maps,
-                          named_maps={"forward": self._final(forward), "backward": self._final(backward),
-                                      "NF": self._final(nf)})
+        return self._prediction(*self.residuals([(y, z)]), NF=self._final(nf))
 
     @torch.inference_mode()
     def space_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -181,4 +169,3 @@ class NfBmr(BPfm):
         self.flow.load_state_dict(state["flow"])
         self.flow.eval()
         self.standardizer.load_state_dict(state["standardizer"])
-        self._fitted = True
