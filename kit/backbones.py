@@ -282,13 +282,20 @@ class FeatureExtractor(nn.Module):
         return super().train(False)
 
     # -- forward ----------------------------------------------------------------------------
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, images: torch.Tensor, only: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Feature maps for ``images`` ``[B, 3, H, W]`` float in [0, 1].
 
         Returns one tensor ``[B, C_i, H_i, W_i]`` per requested layer, in the requested order,
         with ``H_i`` about ``H / strides[i]``. No autograd graph is built unless ``images``
-        requires grad.
+        requires grad. ``only``: a subset of :attr:`layers` to return instead, in that order;
+        a timm backbone then stops after the deepest of them (NDP-Net re-encodes its
+        reconstruction through the first three stages only).
         """
+        if only is not None:
+            unknown = [layer for layer in only if layer not in self._layers]
+            if unknown or not only:
+                raise BackboneError(f"only={list(only)} must be a non-empty subset of layers "
+                                    f"{self._layers}")
         if images.ndim != 4 or images.shape[1] != 3:
             raise BackboneError(f"expected images [B, 3, H, W], got {tuple(images.shape)}")
         if not images.is_floating_point():
@@ -297,21 +304,28 @@ class FeatureExtractor(nn.Module):
             raise BackboneError(
                 "images look like 0..255 values; FeatureExtractor expects floats in [0, 1]"
             )
+        wanted_layers = list(only) if only is not None else self._layers
         x = (images - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self._mode == "sequential":
-            wanted = {tap: None for tap in self._taps}
+            taps = dict(zip(self._layers, self._taps))
+            wanted = {taps[layer]: None for layer in wanted_layers}
+            last = max(wanted)
             for i, module in enumerate(self.body):
                 x = module(x)
                 if i in wanted:
                     wanted[i] = x
-            return [wanted[tap] for tap in self._taps]
+                if i == last:
+                    break
+            return [wanted[taps[layer]] for layer in wanted_layers]
         if self._mode == "intermediates":
+            indices = sorted(wanted_layers)
             maps = self.body.forward_intermediates(
-                x, indices=self._sorted, intermediates_only=True, stop_early=True
+                x, indices=indices, intermediates_only=True, stop_early=True
             )
         else:
+            indices = self._sorted
             maps = self.body(x)
-        by_layer = dict(zip(self._sorted, maps))
-        return [by_layer[layer] for layer in self._layers]
+        by_layer = dict(zip(indices, maps))
+        return [by_layer[layer] for layer in wanted_layers]

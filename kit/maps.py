@@ -146,3 +146,43 @@ def upsample_blur(maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     ah = _upsample_blur_matrix(h, size, radius, float(sigma), maps.dtype, maps.device)
     aw = ah if w == h else _upsample_blur_matrix(w, size, radius, float(sigma), maps.dtype, maps.device)
     return ah @ maps @ aw.T
+
+
+def mean_filter(maps: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """``size x size`` box mean of ``[B, H, W]`` maps, reflect padding (``size`` odd)."""
+    r = size // 2
+    x = F.pad(maps[:, None], (r, r, r, r), mode="reflect")
+    return F.avg_pool2d(x, size, stride=1)[:, 0]
+
+
+def median_filter(maps: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """``size x size`` median of ``[B, H, W]`` maps, reflect padding (``size`` odd). The lower
+    of the two middle values never arises: an odd window has one middle value."""
+    r = size // 2
+    b, h, w = maps.shape
+    x = F.pad(maps[:, None], (r, r, r, r), mode="reflect")
+    windows = x.unfold(2, size, 1).unfold(3, size, 1)  # [B, 1, H, W, size, size]
+    return windows.reshape(b, h, w, size * size).median(dim=-1).values
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5, radius: int = 5) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) of ``[B, C, H, W]`` images in [0, 1] at every
+    pixel, averaged over channels: ``[B, H, W]``, 1 where the two agree. An 11 x 11 Gaussian
+    window of sigma 1.5 and the paper's constants ``C1 = 0.01^2, C2 = 0.03^2``."""
+    t = torch.arange(-radius, radius + 1, dtype=a.dtype, device=a.device)
+    g = torch.exp(-0.5 * (t / sigma) ** 2)
+    g = g / g.sum()
+    c = a.shape[1]
+    kx, ky = g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), g.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+
+    def smooth(x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kx, groups=c)
+        return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), ky, groups=c)
+
+    mu_a, mu_b = smooth(a), smooth(b)
+    var_a = smooth(a * a) - mu_a ** 2
+    var_b = smooth(b * b) - mu_b ** 2
+    cov = smooth(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.mean(1)

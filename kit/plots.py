@@ -406,3 +406,36 @@ def synthetic_grid(examples, originals=None, per_row: int = 2, size: float = 2.4
         cells[-1].set_title("soft label" if ex.soft_label is not None else "mask", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def map_rows(images: Sequence[np.ndarray], rows: Mapping[str, tuple[Sequence[np.ndarray], MapScale | None]],
+             titles: Sequence[str] | None = None, masks: Sequence[np.ndarray | None] | None = None,
+             size: float = 2.2):
+    """A static matplotlib grid for notebooks: one column per image, the images (``[H, W, 3]``,
+    masks outlined) on top and one row per entry of ``rows``: ``label -> (panels, scale)``, each
+    panel an ``[H, W]`` map drawn on the row's :class:`MapScale` (one scale for the whole row,
+    never per image) or an ``[H, W, 3]`` image (scale None, e.g. a reconstruction). Returns the
+    figure."""
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig, axes = plt.subplots(len(rows) + 1, n, figsize=(size * n, size * (len(rows) + 1)), squeeze=False)
+    for j, image in enumerate(images):
+        axes[0, j].imshow(np.clip(np.asarray(image), 0, 1))
+        if masks is not None and masks[j] is not None and np.asarray(masks[j]).any():
+            axes[0, j].contour(np.asarray(masks[j]).astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+        if titles is not None:
+            axes[0, j].set_title(titles[j], fontsize=9)
+        for r, (panels, scale) in enumerate(rows.values(), start=1):
+            panel = np.asarray(panels[j])
+            if scale is None:
+                axes[r, j].imshow(np.clip(panel, 0, 1))
+            else:
+                axes[r, j].imshow(panel, cmap=MAP_COLORS.lower(), vmin=scale.vmin, vmax=scale.vmax)
+    for r, label in enumerate(["image + mask", *rows]):
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
+from tqdm.auto import tqdm
 
 SHAPES = ("perlin", "blob", "line", "scratch")
 SOURCES = ("dtd", "other", "self")
@@ -617,3 +618,23 @@ class DefectGenerator:
             soft = mask_t * value
         return SyntheticDefect(image=out, mask=mask_t, soft_label=soft, shape=shape, source=source,
                                has_defect=has_defect, beta=beta, augmentations=augs)
+
+
+def defect_set(gen: DefectGenerator, images: torch.Tensor, first_key: int, progress: bool = False,
+               desc: str = "synthetic defects", soft_label: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Synthetic defects on a stack of normal images, image ``j`` drawn with key ``first_key + j``.
+
+    ``images`` uint8 ``[N, 3, S, S]`` -> ``(defect images uint8 [N, 3, S, S], soft labels float16
+    [N, S, S] or None unless ``soft_label``, masks bool [N, S, S])``. uint8 keeps a whole training
+    set of defects in memory (about 200 KB per 256 px image); the methods draw a new set every
+    few epochs with new keys.
+    """
+    out, soft, masks = torch.empty_like(images), [], []
+    for j in tqdm(range(len(images)), desc=desc, disable=not progress, leave=False):
+        d = gen(images[j].float() / 255.0, first_key + j, soft_label=soft_label)
+        out[j] = (d.image * 255).round().to(torch.uint8)
+        if soft_label:
+            soft.append(d.soft_label.half())
+        masks.append(d.mask > 0)
+    return out, (torch.stack(soft) if soft_label else None), torch.stack(masks)

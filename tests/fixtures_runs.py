@@ -41,6 +41,8 @@ TINY: dict[str, dict[str, Any]] = {
     "bpfm": {"latent": 16, "map_epochs": 1},
     "mbpfm": {"latent": 16, "map_epochs": 1},
     "nf_bmr": {"flow_hidden": 16, "flow_epochs": 1, "latent": 16, "map_epochs": 1},
+    "ndp_net": {"phase1_epochs": 1, "phase2_epochs": 1, "decoder_blocks": (1, 1, 1, 1),
+                "seg_hidden": (4, 4, 4), "fusion_channels": 8},
 }
 
 

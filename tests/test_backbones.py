@@ -80,6 +80,24 @@ def test_layer_order_and_feature_list_path_agree(extractor, images, monkeypatch)
     assert torch.equal(maps[2], reference[1])
 
 
+def test_only_returns_a_subset_and_stops_early(extractor, images, monkeypatch):
+    # NDP-Net re-encodes its reconstruction through the first stages only: the maps must be the
+    # full forward's, in the asked order, on both timm paths and the torchvision one
+    full = extractor(images)
+    shallow = extractor(images, only=(2, 1))
+    assert torch.equal(shallow[0], full[1]) and torch.equal(shallow[1], full[0])
+    monkeypatch.setattr(FeatureExtractor, "_use_intermediates", False)
+    listed = FeatureExtractor(LITE0, layers=(1, 2, 3), weights="offline")
+    assert torch.equal(listed(images, only=(1,))[0], full[0])
+    alex = FeatureExtractor("torchvision:alexnet", layers=(0, 2, -1), weights="none")
+    x = torch.rand(1, 3, 96, 96)
+    assert torch.equal(alex(x, only=(2,))[0], alex(x)[1])
+    with pytest.raises(BackboneError, match="subset"):
+        extractor(images, only=(0,))
+    with pytest.raises(BackboneError, match="subset"):
+        extractor(images, only=())
+
+
 def test_extractor_rejects_bad_layers_and_inputs(extractor):
     with pytest.raises(BackboneError, match="out of range"):
         FeatureExtractor(LITE0, layers=(5,), weights="none")

@@ -43,7 +43,7 @@ from kit.data import ImageSet
 from kit.method import FitContext, Prediction, register
 from kit.methods.cflow import CFlow, CFlowConfig
 from kit.papers.cls_cnfs import PAPER
-from kit.synthetic import DefectGenerator, SyntheticConfig
+from kit.synthetic import DefectGenerator, SyntheticConfig, defect_set
 from kit.unet import PixelDecoder
 
 HEADS = ("cls", "reg")
@@ -154,16 +154,9 @@ class ClsCnfs(CFlow):
 
     def synthetic_set(self, gen: DefectGenerator, images: torch.Tensor, first_key: int,
                       progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Synthetic defects on ``images`` uint8 ``[N, 3, S, S]`` with keys ``first_key + j``:
-        ``(defect images uint8 [N, 3, S, S], targets float16 [N, S, S] soft labels, masks bool
-        [N, S, S])``."""
-        out, soft, masks = torch.empty_like(images), [], []
-        for j in tqdm(range(len(images)), desc=desc, disable=not progress, leave=False):
-            d = gen(images[j].float() / 255.0, first_key + j, soft_label=True)
-            out[j] = (d.image * 255).round().to(torch.uint8)
-            soft.append(d.soft_label.half())
-            masks.append(d.mask > 0)
-        return out, torch.stack(soft), torch.stack(masks)
+        """:func:`kit.synthetic.defect_set` with CLS-CNFs' soft labels: ``(defect images uint8
+        [N, 3, S, S], targets float16 [N, S, S], masks bool [N, S, S])``."""
+        return defect_set(gen, images, first_key, progress, desc, soft_label=True)
 
     # -- Alg. 1 step 1: the pixel network ---------------------------------------------------------
     def _loss(self, raw: torch.Tensor, target: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
