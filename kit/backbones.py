@@ -35,6 +35,7 @@ __all__ = [
     "TORCHVISION_PREFIX",
     "create_backbone",
     "FeatureExtractor",
+    "encode_all",
 ]
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -329,3 +330,19 @@ class FeatureExtractor(nn.Module):
             maps = self.body(x)
         by_layer = dict(zip(indices, maps))
         return [by_layer[layer] for layer in wanted_layers]
+
+
+@torch.no_grad()
+def encode_all(features, images: torch.Tensor, batch_size: int, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32, progress: bool = False,
+               desc: str = "features") -> list[torch.Tensor]:
+    """``features`` (float ``[B, 3, S, S]`` in [0, 1] -> list of maps) over every image of uint8
+    ``images [N, 3, S, S]`` in batches: ``[N, C_l, H_l, W_l]`` per map, ``dtype``, on the CPU.
+    Features that stay fixed for many epochs are computed once this way, not once per epoch."""
+    from tqdm.auto import tqdm
+
+    parts: list[list[torch.Tensor]] = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = images[start:start + batch_size].to(device).float().div_(255)
+        parts.append([f.to(dtype).cpu().contiguous() for f in features(batch)])
+    return [torch.cat(level) for level in zip(*parts)]

@@ -262,6 +262,18 @@ class AnomalyMethod(ABC):
     def __init__(self, config: MethodConfig):
         self.config = config
         self.device = resolve_device(config.device)  # DeviceError now, not after the data is read
+        self._fitted = False  # methods that use _check_input set it in fit() and load_state_dict()
+
+    def _check_input(self, images: torch.Tensor) -> None:
+        """Refuse to score before fit/load, or at another size than the model was fitted at;
+        then put every module in eval mode."""
+        if not self._fitted:
+            raise RuntimeError(f"{self.name}: fit() or load_state_dict() first")
+        if images.shape[-1] != self.config.image_size:
+            raise ValueError(f"images are {images.shape[-1]} px, the model was fitted at "
+                             f"{self.config.image_size} px")
+        for module in self.modules():
+            module.eval()
 
     def fit_context(self, context: FitContext | None) -> FitContext:
         """``context``, or for callers that give none (notebooks, tests) the plain one: the

@@ -638,3 +638,12 @@ def defect_set(gen: DefectGenerator, images: torch.Tensor, first_key: int, progr
             soft.append(d.soft_label.half())
         masks.append(d.mask > 0)
     return out, (torch.stack(soft) if soft_label else None), torch.stack(masks)
+
+
+def fit_generator(shared: DefectGenerator | None, normals: list[Path], image_size: int, seed: int,
+                  recipe: SyntheticConfig) -> DefectGenerator:
+    """A method's generator with its own ``recipe``: the pipeline's (``FitContext.synthetic``, the
+    same normals, seed and DTD folder) when there is one, else one over ``normals``."""
+    if shared is not None:
+        return shared.with_config(recipe)
+    return DefectGenerator(normals, image_size, seed, recipe)

@@ -94,7 +94,6 @@ class BPfm(AnomalyMethod):
             self.source = FeatureExtractor(c.backbone, c.layers, c.weights, channels_last=True).to(self.device)
             self.target = self.build_target()
         self.mappings = self.build_mappings()
-        self._fitted = False  # set by fit() and load_state_dict(); predict refuses before
 
     # -- the two spaces ---------------------------------------------------------------------------
     def build_target(self) -> FeatureExtractor | None:
@@ -226,16 +225,6 @@ class BPfm(AnomalyMethod):
         return {"map_loss": mean_loss, "map_seconds": round(time.perf_counter() - t0, 3)}
 
     # -- predict ----------------------------------------------------------------------------------
-    def _check_input(self, images: torch.Tensor) -> None:
-        """Refuse to score before fit/load, or at another size than the model was fitted at."""
-        if not self._fitted:
-            raise RuntimeError(f"{self.name}: fit() or load_state_dict() first")
-        if images.shape[-1] != self.config.image_size:
-            raise ValueError(f"images are {images.shape[-1]} px, the model was fitted at "
-                             f"{self.config.image_size} px")
-        for module in self.modules():
-            module.eval()
-
     def _final(self, m: torch.Tensor) -> torch.Tensor:
         """A small map ``[B, h, w]`` upsampled to the image and blurred, ``[B, S, S]``, in one step."""
         return upsample_blur(m, self.config.image_size, self.config.blur_sigma)

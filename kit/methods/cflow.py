@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from tqdm.auto import tqdm
 
-from kit.backbones import FeatureExtractor
+from kit.backbones import FeatureExtractor, encode_all
 from kit.cnf import FiberFlows, fibers
 from kit.data import ImageSet
 from kit.flows import MIXINGS
@@ -104,13 +103,8 @@ class CFlow(AnomalyMethod):
                    desc: str = "features") -> list[torch.Tensor]:
         """The flow features of uint8 ``images [N, 3, S, S]``, on the CPU: ``[N, C_i, H_i, W_i]``
         per layer, in batches of ``extract_batch_size``."""
-        parts: list[list[torch.Tensor]] = []
-        step = self.config.extract_batch_size
-        for start in tqdm(range(0, len(images), step), desc=f"{self.name}: {desc}",
-                          disable=not progress, leave=False):
-            batch = images[start:start + step].float().div_(255)
-            parts.append([f.float().cpu().contiguous() for f in self.flow_features(batch)])
-        return [torch.cat(level) for level in zip(*parts)]
+        return encode_all(self.flow_features, images, self.config.extract_batch_size, self.device,
+                          progress=progress, desc=f"{self.name}: {desc}")
 
     def training_features(self, train: ImageSet, progress: bool) -> list[torch.Tensor]:
         """Every training image's flow features, on the CPU: ``[N, C_i, H_i, W_i]`` per layer."""

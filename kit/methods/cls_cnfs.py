@@ -43,7 +43,7 @@ from kit.data import ImageSet
 from kit.method import FitContext, Prediction, register
 from kit.methods.cflow import CFlow, CFlowConfig
 from kit.papers.cls_cnfs import PAPER
-from kit.synthetic import DefectGenerator, SyntheticConfig, defect_set
+from kit.synthetic import DefectGenerator, SyntheticConfig, defect_set, fit_generator
 from kit.unet import PixelDecoder
 
 HEADS = ("cls", "reg")
@@ -148,9 +148,8 @@ class ClsCnfs(CFlow):
     def generator(self, train: ImageSet, context: FitContext) -> DefectGenerator:
         c = self.config
         recipe = SyntheticConfig(shapes=c.synthetic_shapes, sources=c.synthetic_sources)
-        if context.synthetic is not None:
-            return context.synthetic.with_config(recipe)
-        return DefectGenerator([s.path for s in train.samples], c.image_size, c.seed, recipe)
+        return fit_generator(context.synthetic, [s.path for s in train.samples], c.image_size, c.seed,
+                             recipe)
 
     def synthetic_set(self, gen: DefectGenerator, images: torch.Tensor, first_key: int,
                       progress: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

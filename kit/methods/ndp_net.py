@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from kit.backbones import FeatureExtractor
+from kit.backbones import FeatureExtractor, encode_all
 from kit.data import ImageSet
 from kit.losses import defect_perception_loss, feature_difference, focal_loss, perceptual_l1
 from kit.maps import mean_filter, median_filter, ssim_map, upsample
@@ -49,7 +49,7 @@ from kit.method import AnomalyMethod, FitContext, MethodConfig, Prediction, regi
 from kit.papers.ndp_net import PAPER
 from kit.rbam import ReferenceAttention
 from kit.segmentation import MultiScaleSegmentation
-from kit.synthetic import DefectGenerator, SyntheticConfig, defect_set
+from kit.synthetic import DefectGenerator, SyntheticConfig, defect_set, fit_generator
 from kit.unet import PixelDecoder
 
 STAGES = (0, 1, 2, 3, 4)  # the encoder's five stages (timm feature_info of EfficientNet-Lite)
@@ -170,7 +170,6 @@ class NdpNet(AnomalyMethod):
         self.reference_image: torch.Tensor | None = None  # uint8 [3, S, S], from the training set
         self.reference_path = ""
         self._reference_features: list[torch.Tensor] = []  # [1, C_l, H_l, W_l] per DEEP stage
-        self._fitted = False
 
     # -- the forward pass -------------------------------------------------------------------------
     def repair(self, deep: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -200,9 +199,8 @@ class NdpNet(AnomalyMethod):
         c = self.config
         recipe = SyntheticConfig(shapes=c.synthetic_shapes, sources=c.synthetic_sources,
                                  beta_range=c.synthetic_beta, keep_gray=c.synthetic_keep_gray)
-        if context.synthetic is not None:
-            return context.synthetic.with_config(recipe)
-        return DefectGenerator([s.path for s in train.samples], c.image_size, c.seed, recipe)
+        return fit_generator(context.synthetic, [s.path for s in train.samples], c.image_size, c.seed,
+                             recipe)
 
     def _perceptual(self) -> FeatureExtractor:
         c = self.config
@@ -222,8 +220,8 @@ class NdpNet(AnomalyMethod):
         log: dict[str, Any] = {"encoder_init": self.encoder.weights}
         t0 = time.perf_counter()
         # D_l(I_o) of eq. 13 and 16: the perceptual net is frozen, so once for both phases
-        targets = self._encode_all(perceptual, clean, None, context.progress,
-                                   f"{self.name}: perceptual targets")
+        targets = encode_all(perceptual, clean, c.batch_size, self.device, torch.float16,
+                             context.progress, f"{self.name}: perceptual targets")
         log["phase1"] = self.fit_phase1(clean, gen, perceptual, targets, context)
         log["phase1_seconds"] = round(time.perf_counter() - t0, 3)
         for p in self.encoder.parameters():  # phase 2 and test time read a frozen encoder
@@ -245,18 +243,6 @@ class NdpNet(AnomalyMethod):
         first = ((phase - 1) * 100_000 + epoch // self.config.regen_every) * n
         images, _, masks = defect_set(gen, clean, first, progress, f"{self.name}: synthetic defects")
         return images, masks
-
-    @torch.no_grad()
-    def _encode_all(self, net: FeatureExtractor, images: torch.Tensor, only: tuple[int, ...] | None,
-                    progress: bool, desc: str) -> list[torch.Tensor]:
-        """``net``'s maps of every image of uint8 ``[N, 3, S, S]``, float16 ``[N, C_l, H_l, W_l]``
-        on the CPU: what does not change during an epoch is computed once, not once per epoch."""
-        parts: list[list[torch.Tensor]] = []
-        b = self.config.batch_size
-        for start in tqdm(range(0, len(images), b), desc=desc, disable=not progress, leave=False):
-            maps = net(_images(images[start:start + b], self.device), only=only)
-            parts.append([m.half().cpu() for m in maps])
-        return [torch.cat(level) for level in zip(*parts)]
 
     def _rows(self, cached: list[torch.Tensor], idx: torch.Tensor) -> list[torch.Tensor]:
         """Rows ``idx`` of cached maps, as float32 on the device."""
@@ -345,15 +331,17 @@ class NdpNet(AnomalyMethod):
             m.train()
         # the encoder is frozen now: the clean images' deep maps (eq. 9's targets) are fixed, and
         # a synthetic set's maps are fixed for the regen_every epochs it is used
-        clean_deep = (self._encode_all(self.encoder, clean, DEEP, context.progress,
-                                       f"{self.name}: clean features") if c.rbam else None)
+        deep = lambda x: self.encoder(x, only=DEEP)  # noqa: E731
+        clean_deep = (encode_all(deep, clean, c.batch_size, self.device, torch.float16,
+                                 context.progress, f"{self.name}: clean features") if c.rbam else None)
         masks = feats_ad_all = None
         for epoch, batches in self._epochs(len(clean), c.phase2_epochs, c.seed + 4):
             if epoch % c.regen_every == 0:
                 defects, masks = self._synthetic(gen, clean, epoch, 2, context.progress)
                 empty = int((~masks.flatten(1).any(1)).sum())
-                feats_ad_all = self._encode_all(self.encoder, defects, None, context.progress,
-                                                f"{self.name}: synthetic-defect features")
+                feats_ad_all = encode_all(self.encoder, defects, c.batch_size, self.device,
+                                          torch.float16, context.progress,
+                                          f"{self.name}: synthetic-defect features")
                 del defects
             sums = dict.fromkeys(["rec", "per", "fea_rep", "seg", "loss"], 0.0)
             for idx in tqdm(batches, desc=f"{self.name}: phase 2 epoch {epoch + 1}/{c.phase2_epochs}",
@@ -388,16 +376,6 @@ class NdpNet(AnomalyMethod):
         return history
 
     # -- predict ----------------------------------------------------------------------------------
-    def _check_input(self, images: torch.Tensor) -> None:
-        if not self._fitted:
-            raise RuntimeError("fit() or load_state_dict() first")
-        s = self.config.image_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (3, s, s):
-            raise ValueError(f"images must be [B, 3, {s}, {s}] (the reference image's size), got "
-                             f"{list(images.shape)}")
-        for m in self.modules():
-            m.eval()
-
     @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> Prediction:
         self._check_input(images)
