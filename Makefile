@@ -4,6 +4,9 @@
 #             make setup TORCH=cpu: torch and torchvision as CPU-only wheels from PyTorch's own
 #             index (about 1 GB instead of 5 GB of CUDA libraries; needs internet)
 # make html   the notebooks as HTML pages whose equations render offline (artifacts/html)
+# make book   the notebooks executed at their quick setting, the generated report and an
+#             index page: artifacts/book/index.html (uses make test's executed copies when there)
+# make report collect runs/ into docs/results/runs.json, rewrite docs/report.md and the README table
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -13,7 +16,7 @@ TORCH ?= default
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_PINS = $(shell grep -E '^(torch|torchvision)==' requirements.txt)
 
-.PHONY: setup demo test bench notebooks html app clean
+.PHONY: setup demo test bench notebooks html book report app clean
 
 setup: $(STAMP)
 
@@ -59,6 +62,18 @@ html: setup
 	  echo "no executed notebooks yet (make test writes them): exporting the committed ones"; \
 	  $(PY) -m kit.export notebooks/[0-9][0-9]_*.ipynb --out artifacts/html; \
 	fi
+
+book: setup
+	@if [ "$$(ls artifacts/notebooks/*.ipynb 2>/dev/null | wc -l)" = "$$(ls notebooks/[0-9][0-9]_*.ipynb | wc -l)" ]; then \
+	  echo "book: the notebooks make test executed (artifacts/notebooks)"; \
+	  $(PY) -m kit.export artifacts/notebooks/*.ipynb --book --out artifacts/book; \
+	else \
+	  echo "book: executing every notebook at its quick setting first (about 15 minutes)"; \
+	  $(PY) -m kit.export notebooks/[0-9][0-9]_*.ipynb --execute artifacts/notebooks --book --out artifacts/book; \
+	fi
+
+report: setup
+	$(PY) -m kit report
 
 app: setup
 	$(VENV)/bin/streamlit run app.py

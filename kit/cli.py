@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m kit fit | eval | list | info``.
+"""Command-line interface: ``python -m kit fit | eval | list | ablation | bench | report | info``.
 
     python -m kit fit --method padim --category magnetic_tile --out runs/padim_mtd
     python -m kit eval runs/padim_mtd
@@ -70,6 +70,36 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--seeds", type=int, nargs="+", default=[0])
     ab.add_argument("--variants", nargs="*", default=None, help="only these variant labels")
     ab.add_argument("--quiet", action="store_true")
+
+    bench = sub.add_parser("bench", help="the grid: methods x categories x ablation variants x "
+                                          "seeds, on Dask (a local cluster or --scheduler)")
+    bench.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
+    bench.add_argument("--categories", nargs="+", default=[DEFAULT_CATEGORY])
+    bench.add_argument("--data-root", default=None)
+    bench.add_argument("--runs-root", default=None)
+    bench.add_argument("--budget", choices=("quick", "full"), default="quick")
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0])
+    bench.add_argument("--no-ablations", action="store_true",
+                       help="each method's default run only, not its papers' ablation variants")
+    bench.add_argument("--scheduler", default=None,
+                       help="a Dask scheduler address (tcp://host:8786); default: a local cluster")
+    bench.add_argument("--workers", type=int, default=1,
+                       help="local cluster: worker processes, one run each (default 1: on 2 "
+                            "cores, two runs at once are slower than one after the other)")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="torch threads per run (default: cores / workers)")
+    bench.add_argument("--dry-run", action="store_true", help="list the runs, make none")
+    bench.add_argument("--report", action="store_true",
+                       help="then collect the runs into the result data and write the report")
+    bench.add_argument("--quiet", action="store_true")
+
+    rep = sub.add_parser("report", help="collect runs into docs/results/runs.json and write "
+                                        "docs/report.md, its plots and the README's table")
+    rep.add_argument("--runs-root", default=None)
+    rep.add_argument("--no-collect", action="store_true",
+                     help="only re-render from the committed result data")
+    rep.add_argument("--all-runs", action="store_true",
+                     help="also runs without an ablation tag (hand-made `kit fit` runs)")
 
     sub.add_parser("info", help="methods, their papers, budgets and why, ablations, offline backbones")
 
@@ -166,6 +196,43 @@ def cmd_ablation(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from kit.grid import plan_grid, run_grid
+
+    root = default_runs_root(args.runs_root)
+    data_root = default_data_root(args.data_root)
+    jobs = plan_grid(root, data_root, args.categories, args.methods, args.budget,
+                     tuple(args.seeds), ablations=not args.no_ablations)
+    if args.dry_run:
+        for job in jobs:
+            state = "complete" if job.is_complete() else "to make"
+            print(f"{state:<9} {job.label}: {job.run_dir}")
+        return 0
+    result = run_grid(jobs, scheduler=args.scheduler, workers=args.workers, threads=args.threads,
+                      progress=not args.quiet)
+    print(f"grid: {len(result.made)} made, {len(result.skipped)} already complete, "
+          f"{len(result.failed)} failed, {result.seconds:.0f} s")
+    for run_dir, error in result.failed:
+        print(f"failed: {run_dir}: {error}", file=sys.stderr)
+    if args.report:
+        cmd_report(argparse.Namespace(runs_root=str(root), no_collect=False, all_runs=False))
+    return 1 if result.failed else 0
+
+
+def cmd_report(args) -> int:
+    from kit.report import write_report
+
+    root = None if args.no_collect else default_runs_root(args.runs_root)
+    done = write_report(root, tagged_only=not args.all_runs)
+    source = f"{done['new']} collected from {root}" if root else "re-rendered, nothing collected"
+    print(f"result data: {done['records']} runs ({source})")
+    for message in done.get("skipped", []):
+        print(f"skipped: {message}", file=sys.stderr)
+    for path in done["files"]:
+        print(f"  wrote {path}")
+    return 0
+
+
 def cmd_info(args) -> int:
     import textwrap
 
@@ -228,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     commands = {"fit": cmd_fit, "eval": cmd_eval, "list": cmd_list, "info": cmd_info,
-                "demo": cmd_demo, "ablation": cmd_ablation}
+                "demo": cmd_demo, "ablation": cmd_ablation,
+                "bench": cmd_bench, "report": cmd_report}
     default_format, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         return commands[args.command](args)
@@ -238,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: no run was written", file=sys.stderr)
+        print("interrupted: the run in progress was not written"
+              + (" (the grid's finished runs are kept; the same command resumes)"
+                 if args.command == "bench" else ""), file=sys.stderr)
         return 130
     finally:
         warnings.formatwarning = default_format  # main() may be called in-process (tests)

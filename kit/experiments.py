@@ -49,6 +49,21 @@ def fit_or_reuse(method: str, data_root: Path | str, category: str, out: Path | 
     return Path(out)
 
 
+def is_plain_variant(variant: AblationVariant) -> bool:
+    """A variant that is the method as configured: no overrides, the primary map, its own run
+    (the grid's and the report's one rule for "the method's default run")."""
+    return not variant.overrides and variant.map is None and variant.source is None
+
+
+def variant_siblings(ablation: Ablation) -> dict[str, list[str]]:
+    """``{label: every label of its shared-run group}``: variants that are maps of one model."""
+    siblings: dict[str, list[str]] = {}
+    for group in variant_groups([v for v in ablation.variants if v.source is None]):
+        for v in group:
+            siblings[v.label] = [g.label for g in group]
+    return siblings
+
+
 def variant_groups(variants: list[AblationVariant]) -> list[list[AblationVariant]]:
     """Variants with equal overrides, together (in order): maps of one model share one run."""
     groups: dict[str, list[AblationVariant]] = {}
@@ -115,10 +130,7 @@ def ablation_runs(runs: list[Run], method: str, name: str) -> dict[str, list[Run
     """Runs of ``method`` tagged with ablation ``name``, grouped by variant label (a run that
     serves several variants is in each of their lists)."""
     ablation = find_ablation(method, name)
-    siblings: dict[str, list[str]] = {}  # label -> every label of its shared-run group
-    for group in variant_groups([v for v in ablation.variants if v.source is None]):
-        for v in group:
-            siblings[v.label] = [g.label for g in group]
+    siblings = variant_siblings(ablation)  # label -> every label of its shared-run group
     grouped: dict[str, list[Run]] = {}
     for run in runs:
         tags = run.config.get("tags") or {}

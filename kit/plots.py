@@ -310,33 +310,89 @@ def embedding_scatter(xy: np.ndarray, labels: Sequence[int], defect_types: Seque
     return fig
 
 
+AUROC_BASELINE = 0.5  # bar axes for AUROC-like metrics start at chance, not at the data's minimum
+
+
+def metric_axis_start(values: Sequence[float | None], metric: str = "auroc") -> float:
+    """Where a bar axis of these values starts: 0.5 (chance) for an AUROC, lower only when a
+    value falls below it (then the next 0.1 below, so no bar vanishes); 0 for other metrics
+    (AUPR's chance level is the defect fraction, not 0.5)."""
+    if "auroc" not in metric:
+        return 0.0
+    baseline = AUROC_BASELINE
+    low = min([v for v in values if v is not None], default=baseline)
+    return baseline if low >= baseline else max(0.0, np.floor(low * 10) / 10 - 0.1)
+
+
 def ablation_figure(variants: Sequence[str], ours: Mapping[str, Sequence[float]],
                     paper: Mapping[str, float | None], metric: str, title: str = "",
-                    height: int = 360) -> go.Figure:
-    """Grouped bars per variant: the paper's value and the mean of our runs (dots = single runs).
+                    height: int = 360, reference: Mapping[str, Sequence[float]] | None = None,
+                    reference_name: str = "reference results") -> go.Figure:
+    """Grouped bars per variant: the paper's value, the mean of our runs (dots = single runs)
+    and, when given, the committed reference results (``kit.report``).
 
-    ``ours``: ``{variant: [metric of each run]}`` (may be empty); ``paper``: ``{variant: value}``.
+    ``ours`` / ``reference``: ``{variant: [metric of each run]}`` (may be empty); ``paper``:
+    ``{variant: value}``. The axis starts at 0.5 (chance for AUROC), and says so.
     """
     variants = list(variants)
     paper_y = [paper.get(v) for v in variants]
-    our_mean = [float(np.mean(ours[v])) if ours.get(v) else None for v in variants]
     fig = go.Figure()
     fig.add_trace(go.Bar(x=variants, y=paper_y, name="paper", marker_color="#9e9e9e", offsetgroup="paper",
                          text=[f"{v:.3f}" if v is not None else "" for v in paper_y],
                          textposition="outside"))
-    fig.add_trace(go.Bar(x=variants, y=our_mean, name="ours (mean)", marker_color="#1f77b4", offsetgroup="ours",
-                         text=[f"{v:.3f}" if v is not None else "missing" for v in our_mean],
-                         textposition="outside"))
-    xs = [v for v in variants for _ in ours.get(v, [])]
-    ys = [float(x) for v in variants for x in ours.get(v, [])]
-    if xs:
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="our runs",
-                                 marker=dict(color="black", size=6), offsetgroup="ours"))
-    values = [v for v in paper_y + our_mean if v is not None]
-    low = min(values) if values else 0.0
+    shown = list(paper_y)
+    series = [("ours (mean)", ours, "#1f77b4", "ours", "our runs")]
+    if reference:
+        series.append((reference_name, reference, "#9ecae1", "reference", "reference runs"))
+    for name, values, color, group, dots in series:
+        mean = [float(np.mean(values[v])) if values.get(v) else None for v in variants]
+        shown += mean
+        fig.add_trace(go.Bar(x=variants, y=mean, name=name, marker_color=color, offsetgroup=group,
+                             text=[f"{v:.3f}" if v is not None else "missing" for v in mean],
+                             textposition="outside"))
+        xs = [v for v in variants for _ in values.get(v, [])]
+        ys = [float(x) for v in variants for x in values.get(v, [])]
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=dots,
+                                     marker=dict(color="black", size=6), offsetgroup=group))
+    start = metric_axis_start(shown, metric)
     fig.update_layout(barmode="group", scattermode="group", title=dict(text=title, font=dict(size=14)), height=height,
                       margin=dict(l=10, r=10, t=40, b=10))
-    fig.update_yaxes(title=metric, range=[max(0.0, low - 0.1), 1.05])
+    chance = "auroc" in metric
+    fig.update_yaxes(title=f"{metric} (axis from {start:g}"
+                     + ((": chance)" if start == AUROC_BASELINE else ", below chance)") if chance
+                        else ")"), range=[start, 1.05])
+    return fig
+
+
+def ablation_curve_figure(points: Mapping[str, Sequence[tuple[float, float]]],
+                          paper: Sequence[tuple[float, float]], metric: str, title: str = "",
+                          x_title: str = "training images", height: int = 360) -> go.Figure:
+    """A paper's curve (DifferNet Fig. 7: AUROC against the training-set size) drawn as one.
+
+    ``points``: ``{series name: [(x, value) of each run]}``, a line through the mean per x and
+    a dot per run; ``paper``: the paper's points (``[]`` where its curve gives no numbers)."""
+    fig = go.Figure()
+    colors = ("#1f77b4", "#9ecae1")
+    for (name, pts), color in zip(points.items(), colors):
+        pts = sorted((float(x), float(y)) for x, y in pts)
+        if not pts:
+            continue
+        xs = sorted({x for x, _ in pts})
+        means = [float(np.mean([y for x2, y in pts if x2 == x])) for x in xs]
+        fig.add_trace(go.Scatter(x=xs, y=means, mode="lines+markers", name=f"{name} (mean)",
+                                 line=dict(color=color)))
+        fig.add_trace(go.Scatter(x=[x for x, _ in pts], y=[y for _, y in pts], mode="markers",
+                                 name=f"{name}, each run", marker=dict(color="black", size=5)))
+    if paper:
+        fig.add_trace(go.Scatter(x=[x for x, _ in paper], y=[y for _, y in paper], mode="markers",
+                                 name="paper", marker=dict(color="#9e9e9e", size=10, symbol="square")))
+    start = metric_axis_start([y for pts in points.values() for _, y in pts] + [y for _, y in paper],
+                              metric)
+    fig.update_layout(title=dict(text=title, font=dict(size=14)), height=height,
+                      margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_xaxes(title=x_title, type="log")
+    fig.update_yaxes(title=f"{metric} (axis from {start:g})", range=[start, 1.02])
     return fig
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+
+from kit.export import execute_notebook
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -15,24 +15,37 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("KIT_NOTEBOOK_BUDGET", "quick")
     monkeypatch.setenv("KIT_RUNS_ROOT", str(tmp_path / "runs"))  # never touch the user's runs
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=1200, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
-    client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    # executed outputs go to artifacts/ (for a look, and for `make book`), never over the
+    # committed notebook
+    out = Path(__file__).resolve().parents[1] / "artifacts" / "notebooks" / path.name
+    nb = execute_notebook(path, out)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    errors = [o for o in outputs if o.get("output_type") == "error"]
     assert not errors
     # a red "IProgress not found" box in every notebook means ipywidgets is missing from setup
-    stderr = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                     for o in c.get("outputs", []) if o.get("name") == "stderr")
+    stderr = "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
     assert "IProgress not found" not in stderr and "TqdmWarning" not in stderr
-    # executed outputs are written to artifacts/ for a look, never over the committed notebook
-    out = Path(__file__).resolve().parents[1] / "artifacts" / "notebooks" / path.name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, out)
+    # the figures are kept (an Agg backend would drop every one), so the book shows them
+    assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name}: no figure kept"
+
+
+def test_book_has_every_notebook_and_the_report(tmp_path):
+    """``make book``'s pages from the committed notebooks (unexecuted: the layout, not the
+    figures, which test_notebook_runs checks): an index linking each page, offline MathJax."""
+    from kit.export import MATHJAX_FOLDER, export_book
+    from kit.report import REPORT_FILE
+
+    index = export_book(NOTEBOOKS, tmp_path / "book", REPORT_FILE)
+    text = index.read_text()
+    for path in NOTEBOOKS:
+        assert f'href="{path.stem}.html"' in text and (tmp_path / "book" / f"{path.stem}.html").is_file()
+    assert 'href="report.html"' in text
+    report = (tmp_path / "book" / "report.html").read_text()
+    assert "<table>" in report and "<h1>Reproduction report</h1>" in report
+    for img in report.split('src="')[1:]:
+        assert (tmp_path / "book" / img.split('"')[0]).is_file()
+    assert (tmp_path / "book" / MATHJAX_FOLDER / "MathJax.js").is_file()
 
 
 def test_committed_notebooks_have_no_outputs():

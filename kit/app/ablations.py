@@ -23,6 +23,7 @@ from kit.experiments import ablation_runs, variant_groups, variant_tags
 from kit.method import load_methods
 from kit.papers import Ablation, AblationVariant
 from kit.paths import DEFAULT_CATEGORY, REPO_ROOT, python_command
+from kit.report import data_label, reference_ablation, reference_records
 from kit.runstore import Run
 
 
@@ -118,6 +119,22 @@ def commands(method: str, ablation: Ablation, missing: list[AblationVariant], ca
     return "\n".join(lines)
 
 
+def curve_paper_points(ablation: Ablation, tagged: dict[str, list[Run]],
+                       reference: dict | None) -> list[tuple[float, float]]:
+    """The paper's points of a curve ablation: a variant's value at its runs' training-set
+    size (ours, else the reference's); a variant with no run has no x and is left out."""
+    points = []
+    for v in ablation.variants:
+        if v.paper_value is None:
+            continue
+        xs = [r.metrics.get("n_train") for r in tagged.get(v.label, [])]
+        xs += [x for x, _ in (reference or {}).get("points", {}).get(v.label, [])]
+        xs = [x for x in xs if x is not None]
+        if xs:
+            points.append((float(xs[0]), v.paper_value))
+    return points
+
+
 def show_ablation(method: str, title: str, ablation: Ablation, runs: list[Run]) -> None:
     st.subheader(f"{title}: {ablation.title}")
     st.caption(f"metric: `{ablation.metric}` · paper values: {ablation.paper_dataset}"
@@ -125,23 +142,39 @@ def show_ablation(method: str, title: str, ablation: Ablation, runs: list[Run]) 
     tagged = {v.label: runs_of(runs, method, ablation.name, v.label) for v in ablation.variants}
     # one dataset and budget at a time: a mean over sample and full-data runs is neither's result
     groups = sorted({group_of(r) for rs in tagged.values() for r in rs})
-    category = None
+    category = budget = None
     if groups:
         group = groups[0]
         if len(groups) > 1:
             key = f"abl_group_{method}_{ablation.name}"
             common.keep_valid(key, groups)
             group = st.selectbox("Our runs on", groups, key=key, format_func=group_label)
-        category = group[1]
+        category, budget = group[1], group[3]
         tagged = {k: [r for r in rs if group_of(r) == group] for k, rs in tagged.items()}
     values = {v.label: [v.value(r.metrics, ablation.metric) for r in tagged[v.label]]
               for v in ablation.variants}
     ours = {k: [x for x in vs if x is not None] for k, vs in values.items()}
     paper = {v.label: v.paper_value for v in ablation.variants}
     labels = [v.label for v in ablation.variants]
-    st.plotly_chart(plots.ablation_figure(labels, ours, paper, ablation.metric,
-                                          title=f"{ablation.title} ({ablation.metric})"),
-                    key=f"abl_fig_{method}_{ablation.name}")
+    # the committed result data (docs/results/runs.json), so a learner sees numbers at once
+    reference = reference_ablation(reference_records(), method, ablation, category, budget,
+                                   data_label(groups[0][0]) if groups else None)
+    if reference:
+        st.caption(reference["caption"])
+    title = f"{ablation.title} ({ablation.metric})"
+    if ablation.plot == "curve":
+        points = {"ours": [(r.metrics.get("n_train"), v.value(r.metrics, ablation.metric))
+                           for v in ablation.variants for r in tagged[v.label]]}
+        if reference:
+            points["reference"] = [p for v in ablation.variants for p in reference["points"][v.label]]
+        points = {k: [(x, y) for x, y in pts if x is not None and y is not None]
+                  for k, pts in points.items()}
+        paper_points = curve_paper_points(ablation, tagged, reference)
+        figure = plots.ablation_curve_figure(points, paper_points, ablation.metric, title=title)
+    else:
+        figure = plots.ablation_figure(labels, ours, paper, ablation.metric, title=title,
+                                       reference=reference["values"] if reference else None)
+    st.plotly_chart(figure, key=f"abl_fig_{method}_{ablation.name}")
     table = pd.DataFrame([{
         "variant": v.label,
         "settings": ", ".join(f"{k}={_value(x)}" for k, x in v.overrides.items()) or "(defaults)",
@@ -150,10 +183,12 @@ def show_ablation(method: str, title: str, ablation: Ablation, runs: list[Run]) 
         "ours (mean)": float(np.mean(ours[v.label])) if ours[v.label] else None,
         "spread": float(np.ptp(ours[v.label])) if len(ours[v.label]) > 1 else None,
         "runs": ", ".join(r.name for r in tagged[v.label]) or "missing",
+        **({"reference (mean)": float(np.mean(reference["values"][v.label]))
+            if reference["values"].get(v.label) else None} if reference else {}),
     } for v in ablation.variants])
     st.dataframe(table, hide_index=True, key=f"abl_table_{method}_{ablation.name}",
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                for c in ("paper", "ours (mean)", "spread")})
+                                for c in ("paper", "ours (mean)", "spread", "reference (mean)")})
     missing = [v for v in ablation.variants if not tagged[v.label]]
     if missing:
         cat = category or st.session_state.get("pick_category") or DEFAULT_CATEGORY

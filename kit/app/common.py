@@ -169,14 +169,11 @@ def verdict(label: int, score: float, threshold: float | None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def data_label(root: str) -> str:
-    """Short name of a data root for menus."""
+    """Short name of a data root for menus (:func:`kit.report.data_label`, with the path)."""
+    from kit.report import data_label as short_label
+
     path = Path(root)
-    try:
-        if path.resolve() == SAMPLE_ROOT.resolve():
-            return "embedded sample (kit/sample)"
-    except OSError:
-        pass
-    return f"{path.name} ({path})"
+    return "embedded sample (kit/sample)" if short_label(path) == "sample" else f"{path.name} ({path})"
 
 
 def run_label(run: Run) -> str:

@@ -39,9 +39,62 @@ def metrics_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reference_table(records: list[dict]) -> pd.DataFrame:
+    """The reference records' metrics, one row per method (mean over seeds)."""
+    from kit.report import METRICS
+
+    rows = []
+    for record in records:
+        rows.append({"source": "reference", "run": record["run"], "method": record["method"],
+                     "backbone": record.get("backbone"), "size": record.get("image_size"),
+                     "budget": record["budget"], "seed": record["seed"],
+                     **{METRIC_COLUMNS[k]: record.get(k) for k in METRICS},
+                     "fit s": record.get("fit_seconds"),
+                     "ms / image": record.get("infer_ms_per_image")})
+    return pd.DataFrame(rows)
+
+
+def show_reference(open_: bool) -> None:
+    """The committed result data (``kit.report``): each method's default run, its metrics and
+    curves, labelled with the command and date that made them."""
+    from kit.report import default_records, reference_command, reference_records
+
+    records = default_records(reference_records())
+    if not records:
+        return
+    groups = sorted({(r["data"], r["category"], r["budget"]) for r in records},
+                    key=lambda g: (g[0] == "sample", g[0], g[1], g[2] != "full"))
+    with st.expander("Reference results (committed with the kit)", expanded=open_):
+        key = "curves_reference_group"
+        common.keep_valid(key, groups)
+        group = st.selectbox("Reference runs on", groups, key=key,
+                             format_func=lambda g: f"{g[1]} from {g[0]}, {g[2]} budget")
+        chosen = [r for r in records if (r["data"], r["category"], r["budget"]) == group]
+        dates = sorted(r["created"][:10] for r in chosen if r.get("created"))
+        st.caption(f"Made {dates[0] if dates else '?'}"
+                   + (f" to {dates[-1]}" if dates and dates[-1] != dates[0] else "")
+                   + " by " + ", ".join(sorted({f"`{reference_command(r)}`" for r in chosen}))
+                   + " (docs/results/runs.json; the full tables: docs/report.md). Your own runs "
+                   "appear below as you make them.")
+        st.dataframe(reference_table(chosen), hide_index=True, key="curves_reference_table",
+                     column_config={t: st.column_config.NumberColumn(format="%.3f")
+                                    for t in METRIC_COLUMNS.values()})
+        curves = {f"{r['method']} s{r['seed']}": r.get("curves") or {} for r in chosen}
+        cols = st.columns(2)
+        for i, kind in enumerate(("image_roc", "image_pr", "pixel_roc", "pro")):
+            cols[i % 2].plotly_chart(plots.curve_figure(curves, kind), key=f"ref_curve_{kind}")
+
+
 def render() -> None:
+    runs, _ = common.all_runs()
+    if not runs:  # a learner sees the reference results before making any run
+        st.title("Curves and metrics")
+        show_reference(open_=True)
+        common.first_start(common.runs_root())
+        return
     chosen = common.page_runs("Curves and metrics")
     if not chosen:
+        show_reference(open_=False)
         return
 
     st.subheader("Metrics")
@@ -71,6 +124,7 @@ def render() -> None:
                                                    title=run.name), key=f"hist_{run.name}")
     st.caption("Dashed line: the run's image threshold (99% quantile of held-out normal scores). "
                "Scores of different methods live on different scales; compare shapes and overlap.")
+    show_reference(open_=False)  # after the user's own runs, closed
 
 
 if __name__ == "__main__":  # run as a page by st.navigation (not on import)

@@ -50,6 +50,7 @@ class Ablation:
     paper_dataset: str  # where the paper's numbers come from, e.g. "MVTec AD mean"
     variants: list[AblationVariant] = field(default_factory=list)
     note: str = ""
+    plot: str = "bars"  # "curve" where the paper draws a curve (x = the run's training images)
 
 
 @dataclass(frozen=True)

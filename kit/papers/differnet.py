@@ -44,6 +44,7 @@ PAPER = Paper(
                           "already beat the other methods, whose best MTD AUROC is 0.800)",
             variants=[AblationVariant(f"n{n}", dict(max_train_images=n), None)
                       for n in (16, 32, 64, 128, 256)] + [AblationVariant("all", {}, 0.977)],
+            plot="curve",
         ),
     ),
     budget_notes={  # DifferNetConfig.BUDGETS holds the values

@@ -1,0 +1,220 @@
+"""The grid: methods x categories x ablation variants x seeds, run on Dask distributed.
+
+``python -m kit bench`` plans one job per run folder and hands the jobs that are not already
+complete to a Dask cluster: a local one by default (``LocalCluster`` on loopback, one worker
+process per job slot), or a real cluster given by its scheduler address (``--scheduler
+tcp://host:8786``). The kit never writes a scheduler of its own; on a real cluster every
+worker must see the same runs root and data root (a shared file system).
+
+Jobs are the runs :func:`kit.experiments.run_ablation` makes, with the same folder names, so a
+grid and ``python -m kit ablation`` share their runs. A method's ablation variants that read
+maps of one model share one job; variants sourced from another table add nothing. A method
+also gets one run of its default settings (``<method>-default-...``) unless one of its
+ablation runs already has no overrides. A job whose folder already holds a complete run of
+today's settings on the same data is skipped, so an interrupted grid resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from kit.data import dataset_fingerprint
+from kit.experiments import is_plain_variant, run_name, variant_groups, variant_tags
+from kit.method import load_methods, method_class
+from kit.pipeline import run_is_current
+from kit.runstore import safe_run_dir
+
+DEFAULT_ABLATION = "default"  # the tag of a method's run with its default settings
+
+
+@dataclass(frozen=True)
+class GridJob:
+    """One run folder of the grid: what to fit, on which data, and where it goes."""
+
+    method: str
+    data_root: str
+    category: str
+    budget: str
+    seed: int
+    ablation: str  # the paper's ablation name, or DEFAULT_ABLATION
+    variants: tuple[str, ...]  # the variant labels the run serves (empty for a default run)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, Any] = field(default_factory=dict)
+    run_dir: str = ""
+    fingerprint: str = ""
+
+    @property
+    def label(self) -> str:
+        variant = "/".join(self.variants) if self.variants else "default"
+        return f"{self.method} {self.ablation} {variant} s{self.seed} ({self.category})"
+
+    def is_complete(self) -> bool:
+        """The folder already holds a run of these settings on this data."""
+        return run_is_current(self.run_dir, self.method, self.budget, self.seed, self.overrides,
+                              self.fingerprint)
+
+
+def plan_grid(runs_root: Path | str, data_root: Path | str, categories: list[str],
+              methods: list[str] | None = None, budget: str = "quick",
+              seeds: tuple[int, ...] = (0,), ablations: bool = True,
+              extra_overrides: dict[str, dict[str, Any]] | None = None) -> list[GridJob]:
+    """Every job of the grid, in a stable order (method, category, ablation, variant, seed).
+
+    ``methods``: registry names (default: every registered method). ``ablations=False`` plans
+    each method's default run only. ``extra_overrides``: per method, settings added to every
+    job of it (the tests' tiny settings; they are part of each run's config, so a run made with
+    other settings is made again)."""
+    names = list(dict.fromkeys(methods or sorted(load_methods())))  # a name given twice: one job
+    for name in names:
+        method_class(name)  # an unknown method fails here, before any work
+    jobs = []
+    for category in dict.fromkeys(categories):
+        fingerprint = dataset_fingerprint(data_root, category)
+        for name in names:
+            extra = dict((extra_overrides or {}).get(name, {}))
+            jobs += _method_jobs(name, runs_root, data_root, category, budget, seeds, ablations,
+                                 extra, fingerprint)
+    return jobs
+
+
+def _method_jobs(name: str, runs_root, data_root, category: str, budget: str,
+                 seeds: tuple[int, ...], ablations: bool, extra: dict[str, Any],
+                 fingerprint: str) -> list[GridJob]:
+    paper = method_class(name).paper
+    planned: list[tuple[str, str, tuple[str, ...], dict[str, Any], dict[str, Any]]] = []
+    for ablation in paper.ablations:
+        for group in variant_groups([v for v in ablation.variants if v.source is None]):
+            plain = any(is_plain_variant(v) for v in group)
+            if ablations or plain:  # without ablations: only the run that is the method itself
+                planned.append((ablation.name, group[0].label, tuple(v.label for v in group),
+                                group[0].overrides, variant_tags(ablation.name, group)))
+    if not any(is_plain_variant(v) for a in paper.ablations for v in a.variants):
+        planned.insert(0, (DEFAULT_ABLATION, "-", (), {}, {"ablation": DEFAULT_ABLATION}))
+    planned = list({p[0] + "/" + p[1]: p for p in planned}.values())
+    jobs = []
+    for ablation_name, first, labels, overrides, tags in planned:
+        for seed in seeds:
+            folder = (f"{name}-{DEFAULT_ABLATION}-{budget}-s{seed}-{fingerprint[:8]}"
+                      if ablation_name == DEFAULT_ABLATION
+                      else run_name(name, ablation_name, first, budget, seed, fingerprint))
+            jobs.append(GridJob(method=name, data_root=str(Path(data_root).resolve()),
+                                category=category, budget=budget, seed=seed,
+                                ablation=ablation_name, variants=labels,
+                                overrides={**extra, **overrides}, tags=tags,
+                                run_dir=str(safe_run_dir(runs_root, folder)),
+                                fingerprint=fingerprint))
+    return jobs
+
+
+def run_job(job: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """Fit one job (a :class:`GridJob` as a dict, so any worker can unpickle it without the
+    class); returns what the grid reports. Runs on a Dask worker, or in-process."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from kit.experiments import fit_or_reuse
+
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    # Dask's nanny starts workers with OMP/MKL/OpenBLAS at one thread; numpy and scikit-learn
+    # get the job's threads back, so a grid run costs what `python -m kit fit` costs
+    with threadpool_limits(threads):
+        fit_or_reuse(job["method"], job["data_root"], job["category"], job["run_dir"],
+                     budget=job["budget"], seed=job["seed"], overrides=job["overrides"],
+                     tags=job["tags"], progress=False, fingerprint=job["fingerprint"])
+
+    metrics = json.loads((Path(job["run_dir"]) / "metrics.json").read_text())
+    return {"run_dir": job["run_dir"], "seconds": round(time.perf_counter() - start, 1),
+            **{k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}}
+
+
+@dataclass
+class GridResult:
+    """What a grid did: runs made, runs skipped (already complete), jobs that failed."""
+
+    made: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (run folder, error)
+    seconds: float = 0.0
+
+
+def local_cluster(workers: int = 1):
+    """A ``dask.distributed.LocalCluster`` on loopback: ``workers`` processes, one job each."""
+    import dask
+    from dask.distributed import LocalCluster
+
+    # a job that kills its worker (out of memory) fails once instead of being refitted 3 times
+    dask.config.set({"distributed.scheduler.allowed-failures": 0})
+    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                        host="127.0.0.1", dashboard_address=None)
+
+
+def run_grid(jobs: list[GridJob], scheduler: str | None = None, workers: int = 1,
+             threads: int | None = None, progress: bool = True,
+             on_done: Callable[[GridJob, dict[str, Any] | None, str | None], None] | None = None,
+             ) -> GridResult:
+    """Run the jobs that are not complete on a Dask cluster; a failed job does not stop the rest.
+
+    ``scheduler``: a Dask scheduler address (``tcp://host:8786``); None starts a local cluster
+    of ``workers`` processes for the grid and closes it after. ``threads``: torch threads per
+    job (default: this machine's cores divided by ``workers``; on a real cluster give it)."""
+    from dask.distributed import Client, as_completed
+    from tqdm.auto import tqdm
+
+    result = GridResult()
+    start = time.perf_counter()
+    todo = []
+    for job in jobs:
+        if job.is_complete():
+            result.skipped.append(job.run_dir)
+        else:
+            todo.append(job)
+    if progress:
+        print(f"grid: {len(jobs)} runs, {len(result.skipped)} already complete, {len(todo)} to make"
+              + (f" on {scheduler}" if scheduler else f" on a local cluster of {workers} worker(s)"))
+    if not todo:
+        result.seconds = time.perf_counter() - start
+        return result
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    cluster = None if scheduler else local_cluster(workers)
+    client = Client(scheduler if scheduler else cluster)
+    try:
+        # priorities keep the plan's order (Dask runs higher ones first)
+        futures = {client.submit(run_job, asdict(job), threads, key=f"kit-{Path(job.run_dir).name}",
+                                 pure=False, priority=len(todo) - i): job
+                   for i, job in enumerate(todo)}
+        bar = tqdm(total=len(todo), desc="grid", unit="run", disable=not progress)
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                summary = future.result()
+            except Exception as err:  # noqa: BLE001 - reported, and the rest of the grid goes on
+                result.failed.append((job.run_dir, f"{type(err).__name__}: {err}"))
+                if on_done:
+                    on_done(job, None, str(err))
+                bar.write(f"failed: {job.label}: {type(err).__name__}: {err}")
+            else:
+                result.made.append(summary)
+                if on_done:
+                    on_done(job, summary, None)
+                bar.write(f"done: {job.label} in {summary['seconds']:.0f} s "
+                          f"(image AUROC {_fmt(summary['image_auroc'])}, "
+                          f"pixel AUROC {_fmt(summary['pixel_auroc'])})")
+            bar.update(1)
+        bar.close()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -1,0 +1,727 @@
+"""The reproduction report: runs -> committed result data -> Markdown, plots and README table.
+
+``python -m kit report`` does three things, each from the one before, never from typed numbers:
+
+1. **collect**: every complete run under the runs root made by the grid or an ablation (tagged
+   with ``ablation``) becomes one record of :data:`RESULTS_FILE` (``docs/results/runs.json``,
+   plus a flat ``runs.csv`` beside it). Records are merged by run identity (method, data,
+   category, budget, seed, ablation, variants, overrides): a run made again replaces its old
+   record, and records of runs this machine no longer has are kept, so results made on other
+   machines or by earlier sessions are not lost with their run folders.
+2. **render**: :func:`render_report` turns the records into ``docs/report.md``: every method on
+   every dataset and budget (mean and spread over seeds, fit time, inference, memory, size),
+   each paper table beside the paper's values with the settings that differ, and which split
+   every choice used. Plots go to ``docs/report/``. Bars start at 0.5 (chance for AUROC).
+3. **README**: the results table between :data:`README_BEGIN` and :data:`README_END`.
+
+The tests render the committed records and fail when the committed report or README table
+differs from them (``tests/test_report.py``), so a typed edit cannot drift from the data.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple
+
+from kit.paths import REPO_ROOT, SAMPLE_ROOT
+
+RESULTS_FILE = REPO_ROOT / "docs" / "results" / "runs.json"
+SPEED_FILE = REPO_ROOT / "docs" / "results" / "speed.json"  # benchmarks/bench_methods.py writes it
+OVERHEAD_TARGET = 1.5  # issue 13: a method's inference at most 1.5x its bare backbone forward
+REPORT_FILE = REPO_ROOT / "docs" / "report.md"
+PLOTS_DIR = REPO_ROOT / "docs" / "report"
+README_FILE = REPO_ROOT / "README.md"
+README_BEGIN = "<!-- kit report: results table (python -m kit report writes it; do not edit) -->"
+README_END = "<!-- end of kit report -->"
+
+METRICS = ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro")
+METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC",
+                "pixel_aupr": "pixel AUPR", "aupro": "AUPRO", "f1": "F1", "precision": "precision",
+                "recall": "recall", "f1_max": "F1 max"}
+# what a record keeps of metrics.json, besides METRICS and the named maps
+FACTS = ("f1_max", "precision", "recall", "f1", "fit_seconds", "infer_ms_per_image",
+         "fit_peak_rss_mb", "score_peak_rss_mb", "model_mb", "trainable_params", "total_params",
+         "threshold_source", "backbone", "image_size", "n_train", "n_val", "n_test", "device")
+CSV_COLUMNS = ("run", "method", "data", "category", "fingerprint", "budget", "seed", "ablation",
+               "variants", "overrides", *METRICS, *FACTS, "created", "kit_version", "torch")
+CURVE_POINTS = 40  # points per curve kept in the result data (the reference curves' resolution)
+# the papers' dataset keys (kit/papers: Paper.results) for the categories we have
+PAPER_DATASETS = {("mtd", "magnetic_tile"): "mtd"}  # not the sample: the paper used all of MTD
+
+
+def data_label(data_root: str | Path) -> str:
+    """A name for the data that does not reveal this machine's paths: ``sample`` for the
+    embedded sample, else the data root's folder name (``mtd`` for ../shared/data/mtd)."""
+    root = Path(data_root)
+    try:
+        if root.resolve() == SAMPLE_ROOT.resolve():
+            return "sample"
+    except OSError:
+        pass
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", root.name).strip("_") or "data"
+    return "sample-data" if name == "sample" else name  # "sample" is the embedded sample only
+
+
+def run_record(run) -> dict[str, Any]:
+    """One record of the result data from a :class:`kit.runstore.Run`: plain JSON values."""
+    m, c = run.metrics, run.config  # identity from config.json, which load_run validated
+    tags = c.get("tags") or {}
+    variants = tags.get("variants") or ([tags["variant"]] if tags.get("variant") else [])
+    if isinstance(variants, str):
+        variants = variants.split(",")
+    variants = [str(v) for v in variants]
+    overrides = _plain(c.get("overrides") or {})
+    extra = extra_settings(c["method"], tags.get("ablation"), variants, overrides)
+    record = {
+        "run": run.name, "method": c["method"], "data": data_label(c.get("data_root", "")),
+        "category": c.get("category"),
+        "fingerprint": str(((c.get("dataset") or {}).get("fingerprint")) or "")[:8],
+        "budget": c["budget"], "seed": c["seed"], "ablation": tags.get("ablation"),
+        "variants": variants, "overrides": overrides, "extra": extra,
+        # the method as configured, within its group's extra settings (groups never mix them)
+        "default": is_default_run(c["method"], tags.get("ablation"), variants),
+        **{k: _round(m.get(k)) for k in METRICS},
+        **{k: _round(m.get(k)) for k in FACTS},
+        "maps": {name: {k: _round(v.get(k)) for k in METRICS if v.get(k) is not None}
+                 for name, v in sorted((m.get("maps") or {}).items())},
+        "curves": small_curves(run.curves),
+        "created": c.get("created"), "kit_version": c.get("kit_version"), "torch": c.get("torch"),
+    }
+    return record
+
+
+def small_curves(curves: dict[str, Any], points: int = CURVE_POINTS) -> dict[str, Any]:
+    """A run's curves.json (:func:`kit.metrics.curves`) cut to ``points`` per curve, 4 decimals:
+    enough to draw the reference curves, small enough to commit."""
+    import numpy as np
+
+    out = {}
+    for kind, curve in sorted((curves or {}).items()):
+        if not curve:
+            out[kind] = None
+            continue
+        keys = [k for k, v in curve.items() if isinstance(v, list)]
+        n = len(curve[keys[0]]) if keys else 0
+        keep = np.unique(np.linspace(0, n - 1, min(n, points)).round().astype(int)) if n else []
+        out[kind] = {k: ([round(float(curve[k][i]), 4) for i in keep] if k in keys else curve[k])
+                     for k in sorted(curve)}
+    return out
+
+
+def _ablation_of(method: str, ablation: str | None):
+    from kit.method import method_class
+
+    try:
+        return method_class(method).paper.ablation(ablation or "")
+    except (ValueError, KeyError):
+        return None
+
+
+def is_default_run(method: str, ablation: str | None, variants: list[str]) -> bool:
+    """A run of the method's own settings: the grid's default run, or an ablation run that
+    serves a plain variant (:func:`kit.experiments.is_plain_variant`: the full model)."""
+    from kit.experiments import is_plain_variant
+    from kit.grid import DEFAULT_ABLATION
+
+    if ablation == DEFAULT_ABLATION:
+        return True
+    chosen = _ablation_of(method, ablation)
+    return chosen is not None and any(v.label in variants and is_plain_variant(v)
+                                      for v in chosen.variants)
+
+
+def extra_settings(method: str, ablation: str | None, variants: list[str],
+                   overrides: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings beyond its variant's own (a notebook's quick settings, the tests'
+    tiny ones): runs are compared and averaged only with runs of the same extra settings."""
+    chosen = _ablation_of(method, ablation)
+    own = {}
+    if chosen is not None:
+        first = next((v for v in chosen.variants if v.label in variants), None)
+        own = _plain(first.overrides) if first is not None else {}
+    return {k: v for k, v in sorted(overrides.items()) if k not in own or own[k] != v}
+
+
+def record_key(record: dict[str, Any]) -> str:
+    """What makes two records the same experiment (a re-made run replaces the older one)."""
+    ident = {k: record.get(k) for k in ("method", "data", "category", "fingerprint", "budget",
+                                        "seed", "ablation", "variants", "overrides")}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def collect(runs_root: Path | str, tagged_only: bool = True) -> list[dict[str, Any]]:
+    """Records of the complete runs under ``runs_root`` (those with an ``ablation`` tag unless
+    ``tagged_only`` is False); broken folders are skipped (``python -m kit list`` names them)."""
+    return collect_with_skips(runs_root, tagged_only)[0]
+
+
+def collect_with_skips(runs_root: Path | str, tagged_only: bool = True
+                       ) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`collect`, and one message per run folder that could not be read."""
+    from kit.runstore import list_runs
+
+    runs, broken = list_runs(runs_root)
+    records, skipped = [], list(broken)
+    for run in runs:
+        if tagged_only and not (run.config.get("tags") or {}).get("ablation"):
+            continue
+        try:
+            records.append(run_record(run))
+        except (KeyError, TypeError, ValueError, OSError) as err:  # a curves.json cut short, ...
+            skipped.append(f"{run.path}: {type(err).__name__}: {err}")
+    return records, skipped
+
+
+def merge(old: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``old`` and ``new`` records, one per key (the later ``created``); sorted for stable files."""
+    merged: dict[str, dict[str, Any]] = {}
+    for r in [*old, *new]:  # the newer run of an experiment wins, wherever it comes from
+        key = record_key(r)
+        if key not in merged or (r.get("created") or "", r["run"]) >= (
+                merged[key].get("created") or "", merged[key]["run"]):
+            merged[key] = r
+    return sorted(merged.values(), key=_sort_key)
+
+
+def _load_list(path: Path, what: str, item_ok) -> list[dict[str, Any]]:
+    """A committed JSON list (``[]`` when the file is missing); ValueError naming the file."""
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err}); restore it from git") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) and item_ok(r) for r in data):
+        raise ValueError(f"{path}: expected a list of {what}; restore it from git")
+    return data
+
+
+def load_results(path: Path | str = RESULTS_FILE) -> list[dict[str, Any]]:
+    return _load_list(Path(path), "run records", lambda r: "method" in r)
+
+
+def results_files(records: list[dict[str, Any]]) -> dict[str, str]:
+    """``{"runs.json": text, "runs.csv": text}``: the result data, as committed."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in records:
+        writer.writerow({**r, "variants": ";".join(r["variants"]),
+                         "overrides": json.dumps(r["overrides"], sort_keys=True)})
+    return {"runs.json": json.dumps(records, indent=1, sort_keys=True) + "\n",
+            "runs.csv": out.getvalue()}
+
+
+# ---------------------------------------------------------------- rendering
+
+def _sort_key(r: dict[str, Any]):
+    return (r["method"], r["data"], r["category"] or "", r.get("fingerprint") or "", r["budget"],
+            r["ablation"] or "", ",".join(r["variants"]),
+            json.dumps(r["overrides"], sort_keys=True), r["seed"], r["run"])
+
+
+def _round(value: Any) -> Any:
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _stat(values: list[float], digits: int = 3) -> str:
+    """``mean`` or ``mean ± spread`` (max - min over seeds); ``-`` when there is none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    text = f"{mean:.{digits}f}" if digits else f"{mean:.0f}"
+    if len(values) > 1:
+        spread = max(values) - min(values)
+        text += f" ± {spread:.{digits}f}" if digits else f" ± {spread:.0f}"
+    return text
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def default_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of each method's default settings (:func:`is_default_run`)."""
+    return [r for r in records if r.get("default")]
+
+
+def variant_value(record: dict[str, Any], variant, metric: str) -> float | None:
+    """The ablation ``variant``'s ``metric`` in a record: its named map's, or the primary one."""
+    source = record if variant.map is None else record["maps"].get(variant.map) or {}
+    return source.get(metric)
+
+
+class Group(NamedTuple):
+    """Runs whose numbers may be compared and averaged: same data (by fingerprint), budget and
+    extra settings (:func:`extra_settings`); never across."""
+
+    data: str
+    category: str
+    fingerprint: str
+    budget: str
+    extra: str  # JSON of the extra settings, "{}" for none
+
+    @property
+    def slug(self) -> str:
+        """A file-name part: letters, digits, '.', '_' and '-' only."""
+        extra = "" if self.extra == "{}" else "-x" + hashlib.sha1(self.extra.encode()).hexdigest()[:6]
+        return _slug(f"{self.data}-{self.category}-{self.budget}-{self.fingerprint}{extra}")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_.") or "x"
+
+
+def record_group(r: dict[str, Any]) -> Group:
+    return Group(r["data"], r["category"] or "", r.get("fingerprint") or "", r["budget"],
+                 json.dumps(r.get("extra") or {}, sort_keys=True))
+
+
+def _groups(records: list[dict[str, Any]]) -> list[tuple[Group, list[dict]]]:
+    groups: dict[Group, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[record_group(r)].append(r)
+    order = {"mtd": 0, "sample": 2}
+    return sorted(groups.items(), key=lambda kv: (order.get(kv[0].data, 1), kv[0].data,
+                                                  kv[0].category, kv[0].extra != "{}",
+                                                  kv[0].budget != "full", kv[0]))
+
+
+def methods_table(records: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """One row per method with default-settings records: metrics, cost and the paper's value."""
+    from kit.method import method_class
+
+    rows = []
+    newest: dict[tuple[str, int], dict[str, Any]] = {}  # one default run per method and seed
+    for r in default_records(records):
+        key = (r["method"], r["seed"])
+        if key not in newest or (r.get("created") or "") > (newest[key].get("created") or ""):
+            newest[key] = r
+    by_method = defaultdict(list)
+    for (name, _), r in sorted(newest.items()):
+        by_method[name].append(r)
+    for name in methods:
+        rs = by_method.get(name)
+        if not rs:
+            continue
+        paper = method_class(name).paper
+        paper_key = PAPER_DATASETS.get((rs[0]["data"], rs[0]["category"] or ""))
+        paper_values = paper.results.get(paper_key, {}) if paper_key else {}
+        rows.append({
+            "method": name, "seeds": sorted({r["seed"] for r in rs}),
+            **{k: [r.get(k) for r in rs] for k in METRICS},
+            "fit_seconds": [r.get("fit_seconds") for r in rs],
+            "infer_ms_per_image": [r.get("infer_ms_per_image") for r in rs],
+            "peak_rss_mb": [max(r.get("fit_peak_rss_mb") or 0, r.get("score_peak_rss_mb") or 0)
+                            or None for r in rs],
+            "model_mb": [r.get("model_mb") for r in rs],
+            "paper": paper_values, "backbone": rs[0].get("backbone"),
+            "image_size": rs[0].get("image_size"),
+        })
+    return rows
+
+
+def methods_markdown(rows: list[dict[str, Any]], with_paper: bool = True) -> str:
+    head = ("| method | backbone, size | image AUROC | pixel AUROC | pixel AUPR | AUPRO | "
+            "fit s | inference ms/image | peak RSS MB | model MB | seeds |"
+            + (" paper (this dataset) |" if with_paper else ""))
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in rows:
+        paper = ", ".join(f"{METRIC_NAMES[k]} {v:.3f}" for k, v in sorted(row["paper"].items())
+                          if k in METRIC_NAMES) or "-"
+        cells = [f"`{row['method']}`", f"{row['backbone']}, {row['image_size']} px",
+                 *(_stat(row[k]) for k in METRICS), _stat(row["fit_seconds"], 0),
+                 _stat(row["infer_ms_per_image"], 0), _stat(row["peak_rss_mb"], 0),
+                 _stat(row["model_mb"], 1), ",".join(str(s) for s in row["seeds"])]
+        if with_paper:
+            cells.append(paper)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ablation_rows(records: list[dict[str, Any]], method: str, ablation) -> list[dict[str, Any]]:
+    """One row per variant of ``ablation``: the paper's value, ours over seeds, the runs used."""
+    from kit.experiments import variant_siblings
+
+    siblings = variant_siblings(ablation)  # a run tagged with one label serves its whole group
+    tables = defaultdict(list)
+    for r in records:
+        if r["method"] == method and r["ablation"] == ablation.name:
+            for label in sorted({s for v in r["variants"] for s in siblings.get(v, [v])}):
+                tables[label].append(r)
+    # variants read from another table's run (e.g. CLS-CNFs Table 1's FE_CLS); variants that
+    # share a run (maps of one model) are each listed in its ``variants`` tag
+    shared = {}
+    for v in ablation.variants:
+        if v.source is not None:
+            other, label = v.source
+            shared[v.label] = [r for r in records if r["method"] == method
+                               and r["ablation"] == other and label in r["variants"]]
+    rows = []
+    for v in ablation.variants:
+        rs = shared.get(v.label, tables.get(v.label, []))
+        values = [variant_value(r, v, ablation.metric) for r in rs]
+        rows.append({"variant": v.label, "paper": v.paper_value, "values": values,
+                     "ours": _mean(values), "runs": len([x for x in values if x is not None]),
+                     "overrides": v.overrides, "map": v.map, "records": rs,
+                     "n_train": [r.get("n_train") for r in rs]})
+    return rows
+
+
+def _settings(v_overrides: dict[str, Any], v_map: str | None) -> str:
+    parts = [f"{k}={json.dumps(_plain(val))}" for k, val in sorted(v_overrides.items())]
+    if v_map:
+        parts.append(f"map {v_map}")
+    return ", ".join(parts) or "as configured"
+
+
+def ablation_markdown(rows: list[dict[str, Any]], ablation) -> str:
+    metric = METRIC_NAMES.get(ablation.metric, ablation.metric)
+    lines = [f"| variant | paper ({ablation.paper_dataset}) | ours, {metric} | runs | settings |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        paper = "-" if row["paper"] is None else f"{row['paper']:.3f}"
+        lines.append(f"| {row['variant']} | {paper} | {_stat(row['values'])} | {row['runs']} | "
+                     f"{_settings(row['overrides'], row['map'])} |")
+    return "\n".join(lines)
+
+
+def choices_markdown(records: list[dict[str, Any]], methods: list[str], budgets: set[str]) -> str:
+    """Which split each choice used: the threshold (from the runs) and each budget's notes."""
+    from kit.method import method_class
+
+    lines = []
+    for name in methods:
+        rs = [r for r in records if r["method"] == name]
+        if not rs:
+            continue
+        paper = method_class(name).paper
+        sources = sorted({r.get("threshold_source") or "-" for r in rs})
+        lines.append(f"- **`{name}`**: threshold from {', '.join(sources)} (never the test split).")
+        for budget in sorted(budgets, key=lambda b: (b != "quick", b)):
+            note = paper.budget_notes.get(budget)
+            if note and any(r["budget"] == budget for r in rs):
+                lines.append(f"  - {budget} budget: {note}")
+    return "\n".join(lines)
+
+
+def reference_command(record: dict[str, Any]) -> str:
+    """The command that makes a record's run again (from the project folder)."""
+    data = {"mtd": "", "sample": " --data-root kit/sample"}.get(record["data"],
+                                                                f" --data-root <{record['data']}>")
+    return (f"python -m kit bench --methods {record['method']} --categories {record['category']}"
+            f"{data} --budget {record['budget']} --seeds {record['seed']}")
+
+
+def reference_records(path: Path | str | None = None) -> list[dict[str, Any]]:
+    """The committed result data (:data:`RESULTS_FILE`), ``[]`` when it is missing or broken:
+    the dashboard shows it as reference results, never instead of an error in the user's runs."""
+    try:
+        return load_results(path or RESULTS_FILE)
+    except (OSError, ValueError):
+        return []
+
+
+def reference_ablation(records: list[dict[str, Any]], method: str, ablation,
+                       category: str | None = None, budget: str | None = None,
+                       data: str | None = None) -> dict[str, Any] | None:
+    """The reference results of one paper table: ``{"group": Group,
+    "values": {variant: [value per seed]}, "points": {variant: [(n_train, value)]},
+    "caption": what made them and when}``; None when the data has none. Prefers the group of
+    ``data``, ``category`` and ``budget`` (the user's runs), else the first (real data, full
+    budget, no extra settings)."""
+    candidates = []
+    for group, rs in _groups(records):
+        rows = ablation_rows(rs, method, ablation)
+        if any(row["runs"] for row in rows):
+            candidates.append((group, rs, rows))
+    if not candidates:
+        return None
+    def fits(group: Group) -> bool:
+        return (group.category == category and group.budget == budget
+                and (data is None or group.data == data))
+
+    group, rs, rows = next((c for c in candidates if fits(c[0])), candidates[0])
+    used = {r["run"]: r for row in rows for r in row["records"]}.values()
+    dates = sorted(r["created"][:10] for r in used if r.get("created"))
+    commands = sorted({reference_command(r) for r in used})
+    caption = ("Reference results (docs/results/runs.json, committed with the kit): "
+               f"{group.category} from `{group.data}`, {group.budget} budget, made "
+               + (f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else
+                  (dates[0] if dates else "at an unrecorded date"))
+               + " by `" + "`, `".join(commands) + "`. Your own runs appear beside them.")
+    return {"group": group, "caption": caption,
+            "values": {row["variant"]: [v for v in row["values"] if v is not None] for row in rows},
+            "points": {row["variant"]: [(n, v) for n, v in zip(row["n_train"], row["values"])
+                                        if n is not None and v is not None] for row in rows}}
+
+
+def _most_common(values: list[Any]) -> Any:
+    values = [v for v in values if v is not None]
+    return max(sorted(set(values), key=str), key=values.count) if values else "?"
+
+
+def _group_title(group: Group, records: list[dict[str, Any]]) -> str:
+    """The data, its split sizes (of the default runs where there are some: an ablation may
+    train on fewer images), the budget and any extra settings."""
+    base = [r for r in records if r.get("default")] or records
+    counts = " / ".join(f"{_most_common([r.get(k) for r in base])} {what}"
+                        for k, what in (("n_train", "fit"), ("n_val", "held-out"),
+                                        ("n_test", "test images")))
+    extra = json.loads(group.extra)
+    settings = ("; extra settings " + ", ".join(f"{k}={json.dumps(v)}" for k, v in extra.items())
+                if extra else "")
+    return (f"{group.category} from `{group.data}` ({counts}, data {group.fingerprint or '?'}), "
+            f"{group.budget} budget{settings}")
+
+
+def load_speed(path: Path | str | None = None) -> list[dict[str, Any]]:
+    """The speed data (:data:`SPEED_FILE`), ``[]`` when there is none."""
+    return _load_list(Path(path or SPEED_FILE), "measurements", lambda r: "ratio" in r)
+
+
+def speed_markdown(speed: list[dict[str, Any]]) -> str:
+    lines = ["| method | budget | backbone, size | bare backbone ms | method ms | ratio | "
+             f"<= {OVERHEAD_TARGET}x | threads | load before -> after | measured |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(speed, key=lambda r: (r["budget"] != "quick", r["budget"], r["method"])):
+        lines.append(f"| `{r['method']}` | {r['budget']} | {r['backbone']}, {r['image_size']} px | "
+                     f"{r['bare_ms']:.1f} | {r['method_ms']:.1f} | x{r['ratio']:.2f} | "
+                     f"{'yes' if r['ratio'] <= OVERHEAD_TARGET else 'no'} | {r['threads']} | "
+                     f"{r['load_before']:.2f} -> {r['load_after']:.2f} | {r['created'][:10]} |")
+    return "\n".join(lines)
+
+
+def render_report(records: list[dict[str, Any]], results_name: str = "docs/results/runs.json",
+                  plots_dir: str = "report", speed: list[dict[str, Any]] | None = None,
+                  ) -> tuple[str, dict[str, Any]]:
+    """``(markdown, plots)``: the report's text and ``{file name: figure spec}`` for
+    :func:`draw_plots`. Pure: the same records give the same text."""
+    from kit.method import load_methods
+
+    methods = sorted(load_methods())
+    dates = sorted(r["created"] for r in records if r.get("created"))
+    out = ["# Reproduction report", "",
+           f"Generated by `python -m kit report` from `{results_name}` ({len(records)} runs"
+           + (f", made {dates[0][:10]} to {dates[-1][:10]}" if dates else "") + "). Do not edit: "
+           "`python -m kit report` rewrites it, and `tests/test_report.py` fails when it differs "
+           "from the data. Runs: `python -m kit bench` (see the README). Spread = max - min "
+           "over seeds. Thresholds, weights and budgets never used the test split unless a "
+           "budget note below says so.", ""]
+    plots: dict[str, Any] = {}
+    for group, rs in _groups(records):
+        out += [f"## {_group_title(group, rs)}", ""]
+        rows = methods_table(rs, methods)
+        label = f"{group.category} ({group.data}), {group.budget}"
+        if rows:
+            out += ["### Every method, default settings", "", methods_markdown(rows), ""]
+            name = f"methods-{group.slug}.png"
+            plots[name] = {"kind": "methods", "rows": rows, "title": f"{label} budget"}
+            out += [f"![every method, {label}]({plots_dir}/{name})", ""]
+        for method in methods:
+            cls = load_methods()[method]
+            for ablation in cls.paper.ablations:
+                arows = ablation_rows(rs, method, ablation)
+                if not any(row["runs"] for row in arows):
+                    continue
+                out += [f"### `{method}`: {ablation.title}", "", ablation_markdown(arows, ablation), ""]
+                if ablation.note:
+                    out += [f"{ablation.note}", ""]
+                name = _slug(f"{method}-{ablation.name}-{group.slug}") + ".png"
+                plots[name] = {"kind": ablation.plot, "rows": arows, "metric": ablation.metric,
+                               "title": f"{method} {ablation.name}, {label}"}
+                out += [f"![{method} {ablation.name}]({plots_dir}/{name})", ""]
+    if speed:
+        out += ["## Inference against the bare backbone", "",
+                "`benchmarks/bench_methods.py` (data: `docs/results/speed.json`): each method's "
+                "`predict` on one image (every map it returns) against the bare forward of its "
+                "backbone through the deepest stage it reads, same size, batch 1, on the CPU, "
+                "timed interleaved in one process; median of the repeats. The ratio is the "
+                "method's own overhead.", "", speed_markdown(speed), ""]
+    budgets = {r["budget"] for r in records}
+    if records:
+        out += ["## Which split each choice used", "", choices_markdown(records, methods, budgets), ""]
+    return "\n".join(out).rstrip() + "\n", plots
+
+
+def readme_table(records: list[dict[str, Any]]) -> str:
+    """The README's results table: every method's default run on the real data (MTD)."""
+    from kit.method import load_methods
+
+    methods = sorted(load_methods())
+    parts = [README_BEGIN, ""]
+    shown = False
+    for group, rs in _groups(records):
+        if group.data == "sample":
+            continue
+        rows = methods_table(rs, methods)
+        if rows:
+            shown = True
+            parts += [f"**{_group_title(group, rs)}**", "",
+                      methods_markdown(rows, with_paper=False), ""]
+    if not shown:
+        parts += ["No results on real data yet: `python -m kit bench` makes them.", ""]
+    parts += ["Every paper table beside ours, and which split each choice used: "
+              "[docs/report.md](docs/report.md).", "", README_END]
+    return "\n".join(parts)
+
+
+def replace_readme_table(readme: str, table: str) -> str:
+    """``readme`` with the text between the markers (inclusive) replaced by ``table``."""
+    begin = readme.find(README_BEGIN)
+    end = readme.find(README_END, begin + 1) if begin >= 0 else -1
+    if begin < 0 or end < begin:
+        raise ValueError(f"README.md: the markers {README_BEGIN!r} ... {README_END!r} are missing")
+    return readme[:begin] + table + readme[end + len(README_END):]
+
+
+def draw_plots(plots: dict[str, Any], folder: Path | str) -> list[Path]:
+    """Write each plot of :func:`render_report` as a PNG in ``folder``; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for old in folder.glob("*.png"):  # plots of groups gone; only names this function writes
+        if old.name not in plots and _PLOT_NAME.fullmatch(old.name) and old.is_file() \
+                and not old.is_symlink():
+            old.unlink()
+    for name, spec in sorted(plots.items()):
+        if not _PLOT_NAME.fullmatch(name) or (folder / name).resolve().parent != folder.resolve():
+            raise ValueError(f"plot name {name!r} is not a plain file name")
+        fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+        if spec["kind"] == "methods":
+            _methods_bars(ax, spec["rows"])
+        elif spec["kind"] == "curve":
+            _ablation_curve(ax, spec["rows"], spec["metric"])
+        else:
+            _ablation_bars(ax, spec["rows"], spec["metric"])
+        ax.set_title(spec["title"], fontsize=10)
+        fig.tight_layout()
+        path = folder / name
+        fig.savefig(path, metadata={"Software": None})
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+_PLOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.png")
+
+
+def _bars(ax, x, values: list[float | None], width: float, start: float, **style) -> None:
+    """Bars from the axis start (a missing value draws nothing)."""
+    ax.bar(x, [(v - start) if v is not None else 0.0 for v in values], width, bottom=start, **style)
+
+
+def _methods_bars(ax, rows: list[dict[str, Any]]) -> None:
+    import numpy as np
+
+    from kit.plots import metric_axis_start
+
+    keys = (("image_auroc", "#4c72b0"), ("pixel_auroc", "#dd8452"))
+    start = metric_axis_start([_mean(row[k]) for row in rows for k, _ in keys])
+    x = np.arange(len(rows))
+    for i, (key, color) in enumerate(keys):
+        _bars(ax, x + (i - 0.5) * 0.38, [_mean(row[key]) for row in rows], 0.38, start,
+              color=color, label=METRIC_NAMES[key])
+    ax.set_xticks(x, [row["method"] for row in rows], fontsize=8)
+    _auroc_axis(ax, start)
+
+
+def _ablation_bars(ax, rows: list[dict[str, Any]], metric: str) -> None:
+    import numpy as np
+
+    from kit.plots import metric_axis_start
+
+    start = metric_axis_start([row[k] for row in rows for k in ("paper", "ours")], metric)
+    x = np.arange(len(rows))
+    _bars(ax, x - 0.19, [row["paper"] for row in rows], 0.38, start, color="#bbbbbb", label="paper")
+    _bars(ax, x + 0.19, [row["ours"] for row in rows], 0.38, start, color="#4c72b0", label="ours")
+    ax.set_xticks(x, [row["variant"] for row in rows], fontsize=8)
+    _auroc_axis(ax, start, METRIC_NAMES.get(metric, metric), metric)
+
+
+def _ablation_curve(ax, rows: list[dict[str, Any]], metric: str) -> None:
+    points = sorted((n, v) for row in rows for n, v in zip(row["n_train"], row["values"])
+                    if n is not None and v is not None)
+    if points:
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o", color="#4c72b0", alpha=0.5,
+                label="ours, each seed")
+        means = defaultdict(list)
+        for n, v in points:
+            means[n].append(v)
+        xs = sorted(means)
+        ax.plot(xs, [sum(means[n]) / len(means[n]) for n in xs], "-", color="#4c72b0",
+                label="ours, mean")
+        paper = [(_most_common(row["n_train"]), row["paper"]) for row in rows
+                 if row["paper"] is not None and any(n is not None for n in row["n_train"])]
+        if paper:  # a variant's paper value at its runs' training-set size
+            ax.plot([p[0] for p in paper], [p[1] for p in paper], "s", color="#888888", label="paper")
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel("training images")
+    from kit.plots import metric_axis_start
+
+    _auroc_axis(ax, metric_axis_start([v for _, v in points] + [r["paper"] for r in rows], metric),
+                METRIC_NAMES.get(metric, metric), metric)
+
+
+def _auroc_axis(ax, start: float, label: str = "AUROC", metric: str = "auroc") -> None:
+    from kit.plots import AUROC_BASELINE
+
+    ax.set_ylim(start, 1.0)
+    if "auroc" in metric:  # chance is 0.5 for an AUROC only (AUPR's is the defect fraction)
+        ax.axhline(AUROC_BASELINE, color="black", linewidth=0.6)
+        ax.set_ylabel(f"{label}\n(axis from {start:g}; line at {AUROC_BASELINE}: chance)", fontsize=8)
+    else:
+        ax.set_ylabel(f"{label} (axis from {start:g})", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # never over a bar
+
+
+def write_report(runs_root: Path | str | None, results: Path | str = RESULTS_FILE,
+                 report: Path | str = REPORT_FILE, readme: Path | str | None = README_FILE,
+                 tagged_only: bool = True, plots: bool = True) -> dict[str, Any]:
+    """Collect (when ``runs_root`` is given), merge, write the data, the report and the README
+    table. Returns ``{"records": n, "new": n, "files": [...], "skipped": [message, ...]}``."""
+    results, report = Path(results), Path(report)
+    old = load_results(results)
+    new, skipped = collect_with_skips(runs_root, tagged_only) if runs_root is not None else ([], [])
+    records = merge(old, new)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    data = results_files(records)
+    results.write_text(data["runs.json"])
+    results.with_suffix(".csv").write_text(data["runs.csv"])
+    files = [results, results.with_suffix(".csv")]
+    plots_dir = report.parent / report.stem
+    text, specs = render_report(records, _rel(results, report.parent), plots_dir.name,
+                                speed=load_speed(results.with_name("speed.json")))
+    report.write_text(text)
+    files.append(report)
+    if plots:
+        files += draw_plots(specs, plots_dir)
+    if readme is not None:
+        readme = Path(readme)
+        readme.write_text(replace_readme_table(readme.read_text(), readme_table(records)))
+        files.append(readme)
+    return {"records": len(records), "new": len(new), "files": files, "skipped": skipped}
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT.resolve()))
+    except ValueError:
+        return path.name

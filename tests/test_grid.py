@@ -1,0 +1,114 @@
+"""The grid (``python -m kit bench``): planning, a tiny grid on a local Dask cluster over
+loopback (every registered method), resuming, a failed job, and the CLI."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import make_toy_dataset
+from fixtures_runs import tiny_overrides
+from kit.cli import main
+from kit.experiments import is_plain_variant, run_name
+from kit.grid import DEFAULT_ABLATION, GridJob, plan_grid, run_grid
+from kit.method import load_methods
+from kit.runstore import load_run
+
+# every registered method (tiny_overrides fails for one without an entry in TINY)
+TINY_ALL = {name: tiny_overrides(name) for name in load_methods()}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return make_toy_dataset(tmp_path_factory.mktemp("grid") / "data", n_train=16, n_good=3,
+                            n_defect=3)
+
+
+def test_plan_covers_every_method_and_shares_runs(toy, tmp_path):
+    jobs = plan_grid(tmp_path, toy, ["toy"])
+    methods = sorted(load_methods())
+    assert sorted({j.method for j in jobs}) == methods
+    names = [Path(j.run_dir).name for j in jobs]
+    assert len(names) == len(set(names)), "two jobs write the same run folder"
+    for name in methods:
+        paper = load_methods()[name].paper
+        own = [j for j in jobs if j.method == name]
+        served = {label for j in own for label in j.variants}
+        for ablation in paper.ablations:  # every variant is served by a job, or read from one
+            for v in ablation.variants:
+                assert v.label in served or v.source is not None, (name, ablation.name, v.label)
+        has_plain = any(is_plain_variant(v) for a in paper.ablations for v in a.variants)
+        defaults = [j for j in own if j.ablation == DEFAULT_ABLATION]
+        assert len(defaults) == (0 if has_plain else 1), name
+    # the ablation command's folder names, so `kit ablation` and `kit bench` share runs
+    nf = [j for j in jobs if j.method == "nf_bmr" and "n=2" in j.variants]
+    assert len(nf) == 1 and "NF" in nf[0].variants
+    assert Path(nf[0].run_dir).name == run_name("nf_bmr", "table5", "n=2", "quick", 0,
+                                                nf[0].fingerprint)
+    assert len(plan_grid(tmp_path, toy, ["toy"], seeds=(0, 1))) == 2 * len(jobs)
+    # without ablations: one run per method, the method itself (a plain variant's run if any)
+    plain = plan_grid(tmp_path, toy, ["toy"], ablations=False)
+    assert sorted(j.method for j in plain) == methods
+    assert {j.run_dir for j in plain} <= {j.run_dir for j in jobs}
+    assert len(plan_grid(tmp_path, toy, ["toy", "toy"], ["padim", "padim"])) == 1
+
+
+def test_plan_refuses_an_unknown_method(toy, tmp_path):
+    with pytest.raises(Exception, match="nope"):
+        plan_grid(tmp_path, toy, ["toy"], methods=["nope"])
+
+
+@pytest.mark.slow
+def test_tiny_grid_on_a_local_dask_cluster_resumes(toy, tmp_path):
+    """Every registered method's default run on a LocalCluster over loopback, one worker; then
+    the same grid again through the cluster's scheduler address makes nothing; a failing job
+    is reported and does not stop the others."""
+    from dask.distributed import LocalCluster
+
+    runs = tmp_path / "runs"
+    jobs = plan_grid(runs, toy, ["toy"], ablations=False, extra_overrides=TINY_ALL)
+    bad = GridJob(**{**jobs[0].__dict__, "overrides": {**jobs[0].overrides, "image_size": -5},
+                     "run_dir": str(runs / "bad-run")})
+    done = []
+    result = run_grid(jobs + [bad], workers=1, threads=1, progress=False,
+                      on_done=lambda job, summary, error: done.append((job.method, error)))
+    assert len(result.made) == len(jobs) and not result.skipped
+    assert [run for run, _ in result.failed] == [bad.run_dir]
+    assert "image_size" in result.failed[0][1]
+    assert len(done) == len(jobs) + 1
+    for job in jobs:
+        run = load_run(job.run_dir)
+        assert run.method == job.method
+        assert run.config["tags"] == job.tags  # a default run, or the plain variant's run
+        assert job.ablation == DEFAULT_ABLATION or job.variants
+        assert 0.0 <= run.metrics["image_auroc"] <= 1.0
+    assert not (runs / "bad-run").exists()
+    lost = jobs[0]
+    shutil.rmtree(lost.run_dir)  # one run lost: the grid through a scheduler address remakes it
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        again = run_grid(jobs, scheduler=cluster.scheduler_address, threads=1, progress=False)
+    assert [m["run_dir"] for m in again.made] == [lost.run_dir]
+    assert sorted(again.skipped) == sorted(j.run_dir for j in jobs[1:])
+    assert load_run(lost.run_dir).method == lost.method
+
+
+def test_cli_dry_run_lists_the_grid(toy, tmp_path, capsys):
+    code = main(["bench", "--data-root", str(toy), "--categories", "toy", "--runs-root",
+                 str(tmp_path), "--methods", "padim", "nf_bmr", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = [line for line in out.splitlines() if line.startswith("to make")]
+    assert len(lines) == len(plan_grid(tmp_path, toy, ["toy"], ["padim", "nf_bmr"]))
+    assert any("padim default" in line for line in lines)
+    assert any("nf_bmr table5 n=2/NF" in line for line in lines)
+
+
+def test_cli_bench_names_an_unknown_category(toy, tmp_path, capsys):
+    code = main(["bench", "--data-root", str(toy), "--categories", "nothing", "--runs-root",
+                 str(tmp_path), "--methods", "padim", "--dry-run"])
+    assert code == 2
+    assert "nothing" in capsys.readouterr().err

@@ -1,0 +1,196 @@
+"""The generated report (``python -m kit report``): the committed report and README table are
+what the committed result data generates; collecting and merging runs; the dashboard's
+reference results."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import make_toy_dataset
+from fixtures_runs import tiny_overrides
+from kit import report
+from kit.experiments import run_ablation
+from kit.method import load_methods
+from kit.paths import REPO_ROOT
+from kit.pipeline import run_experiment
+
+APP = str(REPO_ROOT / "app.py")
+
+
+# ---------------------------------------------------------------- the committed files
+
+def committed_records() -> list[dict]:
+    records = report.load_results(report.RESULTS_FILE)
+    assert records, f"{report.RESULTS_FILE} holds no runs: python -m kit bench --report"
+    return records
+
+
+def test_committed_report_is_what_the_committed_data_generates():
+    records = committed_records()
+    text, plots = report.render_report(records, speed=report.load_speed())
+    assert report.REPORT_FILE.read_text() == text, (
+        "docs/report.md differs from what docs/results/runs.json generates: do not edit it by "
+        "hand; run `python -m kit report --no-collect` and commit the result")
+    for name in plots:
+        assert (report.PLOTS_DIR / name).is_file(), f"docs/report/{name} missing: python -m kit report"
+    readme = report.README_FILE.read_text()
+    assert report.replace_readme_table(readme, report.readme_table(records)) == readme, (
+        "README.md's results table differs from the data: python -m kit report --no-collect")
+
+
+def test_committed_data_is_in_canonical_form_and_sane():
+    records = committed_records()
+    files = report.results_files(records)
+    assert report.RESULTS_FILE.read_text() == files["runs.json"], "runs.json: python -m kit report"
+    assert report.RESULTS_FILE.with_suffix(".csv").read_text() == files["runs.csv"]
+    methods = load_methods()
+    for r in records:
+        assert r["method"] in methods, r["run"]
+        for key in report.METRICS:
+            assert r[key] is None or 0.0 <= r[key] <= 1.0, (r["run"], key)
+        assert r["fit_seconds"] > 0 and r["created"], r["run"]
+        assert "/" not in r["data"], "a record must not hold this machine's paths"
+    assert len({report.record_key(r) for r in records}) == len(records)
+
+
+def test_report_axes_start_at_chance():
+    from kit.plots import metric_axis_start
+
+    assert metric_axis_start([0.93, 0.97]) == 0.5
+    assert metric_axis_start([0.47, 0.9]) == pytest.approx(0.3)
+    assert metric_axis_start([None]) == 0.5
+    assert metric_axis_start([0.3, 0.4], "pixel_aupr") == 0.0  # AUPR's chance is not 0.5
+
+
+# ---------------------------------------------------------------- toy runs, end to end
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("report")
+    data = make_toy_dataset(base / "data", n_train=16, n_good=3, n_defect=3)
+    runs = base / "runs"
+    run_experiment("padim", data, "toy", runs / "padim-default", overrides=tiny_overrides("padim"),
+                   tags={"ablation": "default"}, progress=False)
+    run_experiment("padim", data, "toy", runs / "padim-untagged",
+                   overrides=tiny_overrides("padim"), progress=False)
+    run_ablation("nf_bmr", "table5", data, "toy", runs, extra_overrides=tiny_overrides("nf_bmr"),
+                 variants=["n=1", "n=2"], progress=False)
+    run_ablation("differnet", "train_size", data, "toy", runs, variants=["n16", "all"],
+                 extra_overrides=tiny_overrides("differnet"), progress=False)
+    return {"data": data, "runs": runs, "base": base}
+
+
+def report_paths(base: Path) -> dict[str, Path]:
+    out = base / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    readme = out / "README.md"
+    if not readme.exists():
+        readme.write_text(f"# x\n\nbefore\n\n{report.README_BEGIN}\nold\n{report.README_END}\n\nafter\n")
+    return {"results": out / "results" / "runs.json", "report": out / "report.md", "readme": readme}
+
+
+def test_report_from_runs_is_complete_and_repeatable(toy):
+    paths = report_paths(toy["base"] / "a")
+    done = report.write_report(toy["runs"], **paths)
+    assert done["records"] == done["new"] == 5  # the untagged run is not collected
+    records = report.load_results(paths["results"])
+    assert {r["method"] for r in records} == {"padim", "nf_bmr", "differnet"}
+    text = paths["report"].read_text()
+    assert "| `padim` |" in text and "| `differnet` |" in text and "| `nf_bmr` |" in text
+    assert "Table 5" in text and "| n=1 | 0.974 |" in text and "| n=3 | 0.985 | - | 0 |" in text
+    assert "Fig. 7" in text
+    assert "threshold from held-out normal training images" in text
+    for line in text.splitlines():
+        if line.startswith("!["):
+            assert (paths["report"].parent / line.split("](")[1].rstrip(")")).is_file(), line
+    readme = paths["readme"].read_text()
+    assert readme.startswith("# x\n\nbefore\n\n") and readme.endswith("after\n")
+    assert "| `padim` |" in readme and "old" not in readme
+    first = {k: p.read_text() for k, p in paths.items()}
+    report.write_report(toy["runs"], **paths)
+    assert {k: p.read_text() for k, p in paths.items()} == first, "the report is not repeatable"
+    csv_lines = paths["results"].with_suffix(".csv").read_text().splitlines()
+    assert csv_lines[0].startswith("run,method,data") and len(csv_lines) == 6
+
+
+def test_merge_keeps_records_of_runs_gone_and_replaces_remade_ones(toy, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(toy["runs"], runs)
+    paths = report_paths(tmp_path)
+    report.write_report(runs, **paths)
+    before = {r["run"]: r for r in report.load_results(paths["results"])}
+    shutil.rmtree(runs / "padim-default")  # a run folder lost (another machine, a clean clone)
+    run_experiment("padim", toy["data"], "toy", runs / "padim-remade",
+                   overrides=tiny_overrides("padim"), tags={"ablation": "default"}, progress=False)
+    report.write_report(runs, **paths)
+    after = {r["run"]: r for r in report.load_results(paths["results"])}
+    assert len(after) == len(before)  # same experiment: the re-made run replaced the old record
+    assert "padim-remade" in after and "padim-default" not in after
+    report.write_report(None, **paths)  # re-render only
+    assert {r["run"] for r in report.load_results(paths["results"])} == set(after)
+
+
+def test_broken_result_data_is_named(tmp_path):
+    path = tmp_path / "runs.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="runs.json"):
+        report.load_results(path)
+    assert report.reference_records(path) == []  # the dashboard shows nothing instead of failing
+
+
+def test_reference_ablation_prefers_the_users_group(toy):
+    records = report.collect(toy["runs"])
+    ablation = load_methods()["nf_bmr"].paper.ablation("table5")
+    ref = report.reference_ablation(records, "nf_bmr", ablation, "toy", "quick")
+    assert (ref["group"].data, ref["group"].category, ref["group"].budget) == ("data", "toy", "quick")
+    assert len(ref["values"]["n=2"]) == 1 and ref["values"]["NF"]  # NF: a map of n=2's run
+    assert ref["values"]["n=3"] == []
+    assert "python -m kit bench --methods nf_bmr" in ref["caption"]
+    table6 = load_methods()["ndp_net"].paper.ablation("table6")
+    assert report.reference_ablation(records, "ndp_net", table6) is None  # no such runs
+
+
+# ---------------------------------------------------------------- the dashboard
+
+@pytest.fixture
+def reference(toy, tmp_path, monkeypatch):
+    """The toy records as the committed reference data, and an empty runs root."""
+    data = tmp_path / "runs.json"
+    data.write_text(report.results_files(report.collect(toy["runs"]))["runs.json"])
+    monkeypatch.setattr(report, "RESULTS_FILE", data)
+    empty = tmp_path / "empty-runs"
+    empty.mkdir()
+    monkeypatch.setenv("KIT_RUNS_ROOT", str(empty))
+    monkeypatch.setenv("KIT_DATA_ROOT", str(toy["data"]))
+    return data
+
+
+def start(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=90).run()
+    at.switch_page(f"kit/app/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_ablations_page_shows_reference_results_without_runs(reference):
+    at = start("ablations")
+    captions = "\n".join(c.value for c in at.caption)
+    assert "Reference results" in captions and "kit bench --methods nf_bmr" in captions
+    tables = [df.value for df in at.dataframe]
+    table5 = next(t for t in tables if "n=2" in set(t["variant"]))
+    assert pd.notna(table5.set_index("variant").loc["n=2", "reference (mean)"])
+    assert pd.isna(table5.set_index("variant").loc["n=3", "reference (mean)"])  # not made
+    assert table5.set_index("variant").loc["n=2", "runs"] == "missing"
+
+
+def test_curves_page_shows_reference_results_without_runs(reference):
+    at = start("curves")
+    assert at.expander and "Reference results" in at.expander[0].label
+    table = at.dataframe[0].value
+    assert set(table["method"]) == {"padim", "nf_bmr", "differnet"}
+    assert "No runs yet" in "\n".join(i.value for i in at.info)
