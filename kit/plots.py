@@ -495,3 +495,100 @@ def map_rows(images: Sequence[np.ndarray], rows: Mapping[str, tuple[Sequence[np.
         ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+def cost_accuracy_figure(rows: Sequence[Mapping], metrics: Sequence[str] = ("image_auroc", "pixel_auroc"),
+                         cost: str = "infer_ms_per_image", cost_label: str = "inference ms / image (log)"):
+    """A static matplotlib figure for notebooks: one panel per metric, each method a point at
+    (its mean ``cost``, its mean metric), labelled with its name. ``rows`` are
+    :func:`kit.report.methods_table` rows (per-seed lists under each key); a method without a
+    value is left out of that panel. The AUROC axis starts at chance (:func:`metric_axis_start`).
+    Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    mean = lambda vs: (lambda xs: sum(xs) / len(xs) if xs else None)([v for v in vs if v is not None])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        points = [(row["method"], mean(row[cost]), mean(row[metric])) for row in rows]
+        points = [p for p in points if p[1] is not None and p[2] is not None]
+        for name, x, y in points:
+            ax.scatter([x], [y], s=30)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(cost_label)
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.set_ylim(metric_axis_start([p[2] for p in points], metric), 1.0)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- the report's plots
+# (matplotlib on an Axes; kit.report.draw_plots makes the figures and writes docs/report/*.png)
+
+def _report_bars(ax, x, values: list[float | None], width: float, start: float, **style) -> None:
+    """Bars from the axis start (a missing value draws nothing)."""
+    ax.bar(x, [(v - start) if v is not None else 0.0 for v in values], width, bottom=start, **style)
+
+
+def report_methods_bars(ax, rows: Sequence[Mapping]) -> None:
+    """Image and pixel AUROC per method (:func:`kit.report.methods_table` rows)."""
+    from kit.report import METRIC_NAMES, _mean
+
+    keys = (("image_auroc", "#4c72b0"), ("pixel_auroc", "#dd8452"))
+    start = metric_axis_start([_mean(row[k]) for row in rows for k, _ in keys])
+    x = np.arange(len(rows))
+    for i, (key, color) in enumerate(keys):
+        _report_bars(ax, x + (i - 0.5) * 0.38, [_mean(row[key]) for row in rows], 0.38, start,
+                     color=color, label=METRIC_NAMES[key])
+    ax.set_xticks(x, [row["method"] for row in rows], fontsize=8)
+    _report_auroc_axis(ax, start)
+
+
+def report_ablation_bars(ax, rows: Sequence[Mapping], metric: str) -> None:
+    """The paper's value and ours per variant (:func:`kit.report.ablation_rows` rows)."""
+    from kit.report import METRIC_NAMES
+
+    start = metric_axis_start([row[k] for row in rows for k in ("paper", "ours")], metric)
+    x = np.arange(len(rows))
+    _report_bars(ax, x - 0.19, [row["paper"] for row in rows], 0.38, start, color="#bbbbbb", label="paper")
+    _report_bars(ax, x + 0.19, [row["ours"] for row in rows], 0.38, start, color="#4c72b0", label="ours")
+    ax.set_xticks(x, [row["variant"] for row in rows], fontsize=8)
+    _report_auroc_axis(ax, start, METRIC_NAMES.get(metric, metric), metric)
+
+
+def report_ablation_curve(ax, rows: Sequence[Mapping], metric: str) -> None:
+    """Ours (each seed, and the mean) and the paper's values against the training-set size."""
+    from collections import defaultdict
+
+    from kit.report import METRIC_NAMES, paper_curve_points
+
+    points = sorted((n, v) for row in rows for n, v in zip(row["n_train"], row["values"])
+                    if n is not None and v is not None)
+    if points:
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o", color="#4c72b0", alpha=0.5,
+                label="ours, each seed")
+        means = defaultdict(list)
+        for n, v in points:
+            means[n].append(v)
+        xs = sorted(means)
+        ax.plot(xs, [sum(means[n]) / len(means[n]) for n in xs], "-", color="#4c72b0",
+                label="ours, mean")
+        paper = paper_curve_points({row["variant"]: row["paper"] for row in rows},
+                                   {row["variant"]: row["n_train"] for row in rows})
+        if paper:  # a variant's paper value at its runs' training-set size
+            ax.plot([p[0] for p in paper], [p[1] for p in paper], "s", color="#888888", label="paper")
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel("training images")
+    _report_auroc_axis(ax, metric_axis_start([v for _, v in points] + [r["paper"] for r in rows], metric),
+                       METRIC_NAMES.get(metric, metric), metric)
+
+
+def _report_auroc_axis(ax, start: float, label: str = "AUROC", metric: str = "auroc") -> None:
+    ax.set_ylim(start, 1.0)
+    if "auroc" in metric:  # chance is 0.5 for an AUROC only (AUPR's is the defect fraction)
+        ax.axhline(AUROC_BASELINE, color="black", linewidth=0.6)
+        ax.set_ylabel(f"{label}\n(axis from {start:g}; line at {AUROC_BASELINE}: chance)", fontsize=8)
+    else:
+        ax.set_ylabel(f"{label} (axis from {start:g})", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # never over a bar

@@ -461,11 +461,50 @@ def reference_ablation(records: list[dict[str, Any]], method: str, ablation,
                f"{group.category} from `{group.data}`, {group.budget} budget, made "
                + (f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else
                   (dates[0] if dates else "at an unrecorded date"))
-               + " by `" + "`, `".join(commands) + "`. Your own runs appear beside them.")
-    return {"group": group, "caption": caption,
+               + " by `" + "`, `".join(commands) + "`.")
+    return {"group": group, "caption": caption, "rows": rows,
             "values": {row["variant"]: [v for v in row["values"] if v is not None] for row in rows},
             "points": {row["variant"]: [(n, v) for n, v in zip(row["n_train"], row["values"])
                                         if n is not None and v is not None] for row in rows}}
+
+
+def reference_markdown(method: str, ablation_name: str, metrics: Iterable[str] | None = None,
+                       path: Path | str | None = None) -> str:
+    """One paper table's reference results as Markdown, for the notebooks (which, at their
+    quick setting, run a few variants on the embedded sample and show these for the rest):
+    the caption saying what made them, then a row per variant with the paper's value and ours
+    (mean ± spread over seeds) in each of ``metrics`` (default: the table's own metric)."""
+    from kit.method import method_class
+
+    ablation = method_class(method).paper.ablation(ablation_name)
+    metrics = list(metrics or [ablation.metric])
+    reference = reference_ablation(reference_records(path), method, ablation)
+    if reference is None:
+        return (f"No reference results for {method} {ablation_name} in the committed result data "
+                f"yet: `python -m kit bench --methods {method}` then `python -m kit report` make them.")
+    paper = METRIC_NAMES.get(ablation.metric, ablation.metric)
+    lines = [reference["caption"], "",
+             f"| variant | paper ({ablation.paper_dataset}), {paper} | "
+             + " | ".join(f"ours, {METRIC_NAMES.get(m, m)}" for m in metrics) + " | runs | settings |",
+             "|---|---|" + "---|" * len(metrics) + "---|---|"]
+    for v, row in zip(ablation.variants, reference["rows"]):
+        ours = [_stat([variant_value(r, v, m) for r in row["records"]]) for m in metrics]
+        lines.append(f"| {v.label} | {'-' if v.paper_value is None else f'{v.paper_value:.3f}'} | "
+                     + " | ".join(ours) + f" | {row['runs']} | {_settings(row['overrides'], row['map'])} |")
+    return "\n".join(lines)
+
+
+def paper_curve_points(paper: dict[str, float | None],
+                       sizes: dict[str, list[Any]]) -> list[tuple[float, float]]:
+    """The paper's points of a curve ablation (DifferNet's Fig. 7): each variant's paper value
+    (``paper``: variant -> value) at the training-set size its runs used (``sizes``: variant ->
+    the runs' ``n_train``; the most common wins); a variant with no run has no x, so no point."""
+    points = []
+    for label, value in paper.items():
+        xs = [x for x in sizes.get(label, []) if x is not None]
+        if value is not None and xs:
+            points.append((float(_most_common(xs)), value))
+    return points
 
 
 def _most_common(values: list[Any]) -> Any:
@@ -485,6 +524,49 @@ def _group_title(group: Group, records: list[dict[str, Any]]) -> str:
                 if extra else "")
     return (f"{group.category} from `{group.data}` ({counts}, data {group.fingerprint or '?'}), "
             f"{group.budget} budget{settings}")
+
+
+def main_methods(records: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """``(title, rows)``: :func:`methods_table` of the first group on real data that has
+    default runs (MTD's first, as in the README), ``("", [])`` when there is none."""
+    from kit.method import load_methods
+
+    for group, rs in _groups(records):
+        rows = methods_table(rs, sorted(load_methods())) if group.data != "sample" else []
+        if rows:
+            return _group_title(group, rs), rows
+    return "", []
+
+
+def main_methods_plot(records: list[dict[str, Any]]) -> Path:
+    """The report's bar plot of :func:`main_methods`' group (``docs/report/methods-*.png``;
+    it may not exist yet: ``python -m kit report`` draws it)."""
+    for group, rs in _groups(records):
+        if group.data != "sample" and default_records(rs):
+            return PLOTS_DIR / f"methods-{group.slug}.png"
+    return PLOTS_DIR / "methods.png"
+
+
+def takeaways(rows: list[dict[str, Any]]) -> str:
+    """Markdown bullets read off :func:`methods_table` rows: the ranking in each metric and the
+    cost of each method against the cheapest. Generated, so they follow the data."""
+    mean = lambda vs: _mean(vs)
+    lines = []
+    for metric in ("image_auroc", "pixel_auroc", "aupro"):
+        ranked = sorted(((mean(row[metric]), row["method"]) for row in rows
+                         if mean(row[metric]) is not None), reverse=True)
+        if ranked:
+            lines.append(f"- **{METRIC_NAMES[metric]}**, best first: "
+                         + ", ".join(f"`{name}` {value:.3f}" for value, name in ranked) + ".")
+    for key, what in (("infer_ms_per_image", "inference"), ("fit_seconds", "fit time")):
+        costs = sorted(((mean(row[key]), row["method"]) for row in rows
+                        if mean(row[key]) is not None))
+        if len(costs) > 1 and costs[0][0] > 0:
+            cheapest = costs[0][0]
+            lines.append(f"- **{what}** against the cheapest (`{costs[0][1]}`): "
+                         + ", ".join(f"`{name}` x{value / cheapest:.1f}" for value, name in costs[1:])
+                         + ".")
+    return "\n".join(lines)
 
 
 def load_speed(path: Path | str | None = None) -> list[dict[str, Any]]:
@@ -594,6 +676,8 @@ def draw_plots(plots: dict[str, Any], folder: Path | str) -> list[Path]:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from kit.plots import report_ablation_bars, report_ablation_curve, report_methods_bars
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -606,11 +690,11 @@ def draw_plots(plots: dict[str, Any], folder: Path | str) -> list[Path]:
             raise ValueError(f"plot name {name!r} is not a plain file name")
         fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
         if spec["kind"] == "methods":
-            _methods_bars(ax, spec["rows"])
+            report_methods_bars(ax, spec["rows"])
         elif spec["kind"] == "curve":
-            _ablation_curve(ax, spec["rows"], spec["metric"])
+            report_ablation_curve(ax, spec["rows"], spec["metric"])
         else:
-            _ablation_bars(ax, spec["rows"], spec["metric"])
+            report_ablation_bars(ax, spec["rows"], spec["metric"])
         ax.set_title(spec["title"], fontsize=10)
         fig.tight_layout()
         path = folder / name
@@ -621,75 +705,6 @@ def draw_plots(plots: dict[str, Any], folder: Path | str) -> list[Path]:
 
 
 _PLOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.png")
-
-
-def _bars(ax, x, values: list[float | None], width: float, start: float, **style) -> None:
-    """Bars from the axis start (a missing value draws nothing)."""
-    ax.bar(x, [(v - start) if v is not None else 0.0 for v in values], width, bottom=start, **style)
-
-
-def _methods_bars(ax, rows: list[dict[str, Any]]) -> None:
-    import numpy as np
-
-    from kit.plots import metric_axis_start
-
-    keys = (("image_auroc", "#4c72b0"), ("pixel_auroc", "#dd8452"))
-    start = metric_axis_start([_mean(row[k]) for row in rows for k, _ in keys])
-    x = np.arange(len(rows))
-    for i, (key, color) in enumerate(keys):
-        _bars(ax, x + (i - 0.5) * 0.38, [_mean(row[key]) for row in rows], 0.38, start,
-              color=color, label=METRIC_NAMES[key])
-    ax.set_xticks(x, [row["method"] for row in rows], fontsize=8)
-    _auroc_axis(ax, start)
-
-
-def _ablation_bars(ax, rows: list[dict[str, Any]], metric: str) -> None:
-    import numpy as np
-
-    from kit.plots import metric_axis_start
-
-    start = metric_axis_start([row[k] for row in rows for k in ("paper", "ours")], metric)
-    x = np.arange(len(rows))
-    _bars(ax, x - 0.19, [row["paper"] for row in rows], 0.38, start, color="#bbbbbb", label="paper")
-    _bars(ax, x + 0.19, [row["ours"] for row in rows], 0.38, start, color="#4c72b0", label="ours")
-    ax.set_xticks(x, [row["variant"] for row in rows], fontsize=8)
-    _auroc_axis(ax, start, METRIC_NAMES.get(metric, metric), metric)
-
-
-def _ablation_curve(ax, rows: list[dict[str, Any]], metric: str) -> None:
-    points = sorted((n, v) for row in rows for n, v in zip(row["n_train"], row["values"])
-                    if n is not None and v is not None)
-    if points:
-        ax.plot([p[0] for p in points], [p[1] for p in points], "o", color="#4c72b0", alpha=0.5,
-                label="ours, each seed")
-        means = defaultdict(list)
-        for n, v in points:
-            means[n].append(v)
-        xs = sorted(means)
-        ax.plot(xs, [sum(means[n]) / len(means[n]) for n in xs], "-", color="#4c72b0",
-                label="ours, mean")
-        paper = [(_most_common(row["n_train"]), row["paper"]) for row in rows
-                 if row["paper"] is not None and any(n is not None for n in row["n_train"])]
-        if paper:  # a variant's paper value at its runs' training-set size
-            ax.plot([p[0] for p in paper], [p[1] for p in paper], "s", color="#888888", label="paper")
-        ax.set_xscale("log", base=2)
-    ax.set_xlabel("training images")
-    from kit.plots import metric_axis_start
-
-    _auroc_axis(ax, metric_axis_start([v for _, v in points] + [r["paper"] for r in rows], metric),
-                METRIC_NAMES.get(metric, metric), metric)
-
-
-def _auroc_axis(ax, start: float, label: str = "AUROC", metric: str = "auroc") -> None:
-    from kit.plots import AUROC_BASELINE
-
-    ax.set_ylim(start, 1.0)
-    if "auroc" in metric:  # chance is 0.5 for an AUROC only (AUPR's is the defect fraction)
-        ax.axhline(AUROC_BASELINE, color="black", linewidth=0.6)
-        ax.set_ylabel(f"{label}\n(axis from {start:g}; line at {AUROC_BASELINE}: chance)", fontsize=8)
-    else:
-        ax.set_ylabel(f"{label} (axis from {start:g})", fontsize=8)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # never over a bar
 
 
 def write_report(runs_root: Path | str | None, results: Path | str = RESULTS_FILE,

@@ -12,10 +12,17 @@ from kit.export import execute_notebook
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
+@pytest.fixture(scope="session")
+def notebook_runs(tmp_path_factory) -> Path:
+    """One runs root for every notebook, as a user running them in order has: 05_compare
+    reuses the default runs 03 and 04 made (each notebook also runs on its own, only slower)."""
+    return tmp_path_factory.mktemp("notebook_runs")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path, monkeypatch):
-    monkeypatch.setenv("KIT_RUNS_ROOT", str(tmp_path / "runs"))  # never touch the user's runs
+def test_notebook_runs(path, notebook_runs, monkeypatch):
+    monkeypatch.setenv("KIT_RUNS_ROOT", str(notebook_runs))  # never touch the user's runs
     # executed outputs go to artifacts/ (for a look, and for `make book`), never over the
     # committed notebook
     out = Path(__file__).resolve().parents[1] / "artifacts" / "notebooks" / path.name

@@ -155,6 +155,25 @@ def test_reference_ablation_prefers_the_users_group(toy):
     assert report.reference_ablation(records, "ndp_net", table6) is None  # no such runs
 
 
+
+def test_reference_markdown_for_the_notebooks(toy, tmp_path):
+    """The notebooks' reference tables: one row per variant, ours in each metric asked for, a
+    dash (and 0 runs) where the data has no run, a pointer to the command where it has none."""
+    path = tmp_path / "runs.json"
+    records = report.collect(toy["runs"])
+    path.write_text(report.results_files(records)["runs.json"])
+    text = report.reference_markdown("nf_bmr", "table5", ["image_auroc", "aupro"], path=path)
+    lines = text.splitlines()
+    assert "python -m kit bench --methods nf_bmr" in lines[0]
+    assert lines[2].count("| ours, ") == 2
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines[4:]}
+    assert set(rows) == {v.label for v in load_methods()["nf_bmr"].paper.ablation("table5").variants}
+    n2 = next(r for r in records if "n=2" in r["variants"])
+    assert rows["n=2"][2] == f"{n2['image_auroc']:.3f}" and rows["n=2"][4] == "1"
+    assert rows["n=3"][2:5] == ["-", "-", "0"]
+    assert "python -m kit bench --methods ndp_net" in report.reference_markdown("ndp_net", "table6", path=path)
+
+
 # ---------------------------------------------------------------- the dashboard
 
 @pytest.fixture
@@ -194,3 +213,20 @@ def test_curves_page_shows_reference_results_without_runs(reference):
     table = at.dataframe[0].value
     assert set(table["method"]) == {"padim", "nf_bmr", "differnet"}
     assert "No runs yet" in "\n".join(i.value for i in at.info)
+
+
+def test_main_methods_and_takeaways_follow_the_data(toy):
+    records = report.collect(toy["runs"])
+    title, rows = report.main_methods(records)  # the first group (the tiny settings differ per method)
+    assert title.startswith("toy from `data`") and rows
+    first_group = report._groups(records)[0][1]  # groups never mix settings, so one group's rows
+    assert rows == report.methods_table(first_group, sorted(load_methods()))
+    rows = report.methods_table(records, sorted(load_methods()))  # every method, groups aside
+    assert [row["method"] for row in rows] == ["differnet", "nf_bmr", "padim"]
+    text = report.takeaways(rows)
+    ranked = next(line for line in text.splitlines() if line.startswith("- **image AUROC**"))
+    values = [float(part.split("` ")[1].rstrip(".")) for part in ranked.split(": ", 1)[1].split(", ")]
+    assert values == sorted(values, reverse=True) and len(values) == 3
+    assert "against the cheapest" in text
+    assert report.main_methods([r for r in records if r["method"] == "nope"]) == ("", [])
+    assert report.main_methods_plot(records).name.startswith("methods-data-toy-")

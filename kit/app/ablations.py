@@ -23,7 +23,7 @@ from kit.experiments import ablation_runs, variant_groups, variant_tags
 from kit.method import load_methods
 from kit.papers import Ablation, AblationVariant
 from kit.paths import DEFAULT_CATEGORY, REPO_ROOT, python_command
-from kit.report import data_label, reference_ablation, reference_records
+from kit.report import data_label, paper_curve_points, reference_ablation, reference_records
 from kit.runstore import Run
 
 
@@ -121,18 +121,12 @@ def commands(method: str, ablation: Ablation, missing: list[AblationVariant], ca
 
 def curve_paper_points(ablation: Ablation, tagged: dict[str, list[Run]],
                        reference: dict | None) -> list[tuple[float, float]]:
-    """The paper's points of a curve ablation: a variant's value at its runs' training-set
-    size (ours, else the reference's); a variant with no run has no x and is left out."""
-    points = []
-    for v in ablation.variants:
-        if v.paper_value is None:
-            continue
-        xs = [r.metrics.get("n_train") for r in tagged.get(v.label, [])]
-        xs += [x for x, _ in (reference or {}).get("points", {}).get(v.label, [])]
-        xs = [x for x in xs if x is not None]
-        if xs:
-            points.append((float(xs[0]), v.paper_value))
-    return points
+    """The paper's points of a curve ablation, at the training-set sizes of our runs and the
+    reference's (:func:`kit.report.paper_curve_points`)."""
+    sizes = {v.label: [r.metrics.get("n_train") for r in tagged.get(v.label, [])]
+             + [x for x, _ in (reference or {}).get("points", {}).get(v.label, [])]
+             for v in ablation.variants}
+    return paper_curve_points({v.label: v.paper_value for v in ablation.variants}, sizes)
 
 
 def show_ablation(method: str, title: str, ablation: Ablation, runs: list[Run]) -> None:
@@ -142,14 +136,14 @@ def show_ablation(method: str, title: str, ablation: Ablation, runs: list[Run]) 
     tagged = {v.label: runs_of(runs, method, ablation.name, v.label) for v in ablation.variants}
     # one dataset and budget at a time: a mean over sample and full-data runs is neither's result
     groups = sorted({group_of(r) for rs in tagged.values() for r in rs})
-    category = budget = None
+    category = budget = data = None
     if groups:
         group = groups[0]
         if len(groups) > 1:
             key = f"abl_group_{method}_{ablation.name}"
             common.keep_valid(key, groups)
             group = st.selectbox("Our runs on", groups, key=key, format_func=group_label)
-        category, budget = group[1], group[3]
+        category, budget, data = group[1], group[3], data_label(group[0])
         tagged = {k: [r for r in rs if group_of(r) == group] for k, rs in tagged.items()}
     values = {v.label: [v.value(r.metrics, ablation.metric) for r in tagged[v.label]]
               for v in ablation.variants}
@@ -157,10 +151,9 @@ def show_ablation(method: str, title: str, ablation: Ablation, runs: list[Run]) 
     paper = {v.label: v.paper_value for v in ablation.variants}
     labels = [v.label for v in ablation.variants]
     # the committed result data (docs/results/runs.json), so a learner sees numbers at once
-    reference = reference_ablation(reference_records(), method, ablation, category, budget,
-                                   data_label(groups[0][0]) if groups else None)
+    reference = reference_ablation(reference_records(), method, ablation, category, budget, data)
     if reference:
-        st.caption(reference["caption"])
+        st.caption(reference["caption"] + " Your own runs appear beside them.")
     title = f"{ablation.title} ({ablation.metric})"
     if ablation.plot == "curve":
         points = {"ours": [(r.metrics.get("n_train"), v.value(r.metrics, ablation.metric))

@@ -18,7 +18,7 @@ import streamlit as st
 from kit.data import Category, DataError, Sample, find_category, read_image, read_mask
 from kit.embedding import run_stamp
 from kit.paths import DEFAULT_CATEGORY, REPO_ROOT, SAMPLE_ROOT, default_runs_root, python_command
-from kit.plots import MapScale
+from kit.compare import map_scale  # noqa: F401  (the pages call common.map_scale)
 from kit.runstore import Run, RunError, list_runs, load_run
 
 DEMO_OVERRIDES: dict[str, Any] = {}  # settings of the first-start demo runs (tests make them tiny)
@@ -136,15 +136,6 @@ def mask_for(run: Run, row: dict) -> tuple[str | None, str | None]:
         if sample.name == row["name"]:
             return (str(sample.mask_path) if sample.mask_path else None), None
     return None, f"{row['name']} is no longer in {cat.root / cat.name}"
-
-
-def map_scale(run: Run, name: str | None = None) -> MapScale:
-    """The fixed display scale of a run's primary map (``name`` None) or of one of its named
-    maps: that map's normal-data statistics and its own image threshold."""
-    if name in (None, "primary"):
-        return MapScale.from_stats(run.map_stats, run.metrics.get("threshold"))
-    named = (run.metrics.get("maps") or {}).get(name) or {}
-    return MapScale.from_stats(run.map_stats_of(name), named.get("threshold"))
 
 
 def map_metric_line(run: Run, name: str) -> str:
