@@ -6,6 +6,7 @@
 # make html   the notebooks as HTML pages whose equations render offline (artifacts/html)
 # make book   the notebooks executed at their quick setting, the generated report and an
 #             index page: artifacts/book/index.html (uses make test's executed copies when there)
+# make peer   our padim and cflow beside anomalib's PaDiM and CFlow on MTD (docs/results/peer.json)
 # make report collect runs/ into docs/results/runs.json, rewrite docs/report.md and the README table
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -16,7 +17,7 @@ TORCH ?= default
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_PINS = $(shell grep -E '^(torch|torchvision)==' requirements.txt)
 
-.PHONY: setup demo test bench notebooks html book report app clean
+.PHONY: setup demo test bench peer notebooks html book report app clean
 
 setup: $(STAMP)
 
@@ -71,6 +72,10 @@ book: setup
 	  echo "book: executing every notebook at its quick setting first (about 15 minutes)"; \
 	  $(PY) -m kit.export notebooks/[0-9][0-9]_*.ipynb --execute artifacts/notebooks --book --out artifacts/book; \
 	fi
+
+peer: setup
+	$(PY) benchmarks/peer_anomalib.py
+	$(PY) -m kit report --no-collect
 
 report: setup
 	$(PY) -m kit report

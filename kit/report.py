@@ -33,6 +33,8 @@ from kit.paths import REPO_ROOT, SAMPLE_ROOT
 
 RESULTS_FILE = REPO_ROOT / "docs" / "results" / "runs.json"
 SPEED_FILE = REPO_ROOT / "docs" / "results" / "speed.json"  # benchmarks/bench_methods.py writes it
+PEER_FILE = REPO_ROOT / "docs" / "results" / "peer.json"  # benchmarks/peer_anomalib.py writes it
+PEER_SPEEDUP_TARGET = 2.0  # issue 13: cflow at least 2x faster at inference than anomalib's CFlow
 OVERHEAD_TARGET = 1.5  # issue 13: a method's inference at most 1.5x its bare backbone forward
 REPORT_FILE = REPO_ROOT / "docs" / "report.md"
 PLOTS_DIR = REPO_ROOT / "docs" / "report"
@@ -586,9 +588,54 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def load_peer(path: Path | str | None = None) -> list[dict[str, Any]]:
+    """The peer comparison's rows (:data:`PEER_FILE`), ``[]`` when there are none."""
+    return _load_list(Path(path or PEER_FILE), "comparisons",
+                      lambda r: {"ours", "anomalib_side", "speedup"} <= set(r))
+
+
+def _pair(ours: float | None, theirs: float | None) -> str:
+    """``ours / theirs`` with the better one in bold (ties: neither)."""
+    if ours is None or theirs is None:
+        return f"{_stat([ours])} / {_stat([theirs])}"
+    a, b = f"{ours:.3f}", f"{theirs:.3f}"
+    if a != b:
+        a, b = (f"**{a}**", b) if ours > theirs else (a, f"**{b}**")
+    return f"{a} / {b}"
+
+
+def peer_markdown(rows: list[dict[str, Any]]) -> str:
+    """The table of ``benchmarks/peer_anomalib.py``'s rows: each metric as ``ours / anomalib``
+    (the better in bold), fit seconds, batch-1 inference against the bare backbone, and whether
+    ours is at least as accurate on every metric and :data:`PEER_SPEEDUP_TARGET` x faster."""
+    lines = ["| method vs anomalib | data, budget | backbone, size, fit / test images | "
+             + " | ".join(f"{METRIC_NAMES[m]} ours / anomalib" for m in METRICS)
+             + " | fit s ours / anomalib | ms/image bare / ours / anomalib | anomalib / ours "
+             "| as accurate, 2x faster? | load before -> after | measured |",
+             "|---|---|---|" + "---|" * len(METRICS) + "---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["data"], r["category"], r["budget"], r["method"])):
+        o, p = r["ours"], r["anomalib_side"]
+        accurate = all(o[m] is None or p[m] is None or round(o[m], 3) >= round(p[m], 3)
+                       for m in METRICS)
+        fast = r["speedup"] >= PEER_SPEEDUP_TARGET
+        lines.append(
+            f"| `{r['method']}` vs `{r['peer']}` {r['anomalib']} | {r['category']} ({r['data']}), "
+            f"{r['budget']} | {r['backbone']}, {r['image_size']} px, {r['n_fit']} / {r['n_test']} | "
+            + " | ".join(_pair(o[m], p[m]) for m in METRICS)
+            + f" | {o['fit_seconds']:.0f} / {p['fit_seconds']:.0f} | {r['bare_ms']:.1f} / "
+            f"{o['ms']:.1f} / {p['ms']:.1f} | x{r['speedup']:.2f} | "
+            f"{'yes' if accurate else 'no'}, {'yes' if fast else 'no'} | "
+            f"{r['load_before']:.2f} -> {r['load_after']:.2f} | {r['created'][:10]} |")
+    workarounds = sorted({w for r in rows for w in r.get("workarounds", [])})
+    if workarounds:
+        lines += ["", "What anomalib needed here, done by the script for every row:", ""]
+        lines += [f"- {w}" for w in workarounds]
+    return "\n".join(lines)
+
+
 def render_report(records: list[dict[str, Any]], results_name: str = "docs/results/runs.json",
                   plots_dir: str = "report", speed: list[dict[str, Any]] | None = None,
-                  ) -> tuple[str, dict[str, Any]]:
+                  peer: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
     """``(markdown, plots)``: the report's text and ``{file name: figure spec}`` for
     :func:`draw_plots`. Pure: the same records give the same text."""
     from kit.method import load_methods
@@ -632,6 +679,15 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                 "backbone through the deepest stage it reads, same size, batch 1, on the CPU, "
                 "timed interleaved in one process; median of the repeats. The ratio is the "
                 "method's own overhead.", "", speed_markdown(speed), ""]
+    if peer:
+        out += ["## Against anomalib", "",
+                "`benchmarks/peer_anomalib.py` (data: `docs/results/peer.json`): our method's run "
+                "beside anomalib's model trained in the same process on the same fit images, with "
+                "the same ImageNet weights, layers and image size, both scored by `kit.metrics` "
+                "on the same test images. Inference: batch 1, timed interleaved with the bare "
+                "backbone forward; median of the repeats. anomalib scores the test set in batches "
+                "of 32, and its CFlow map depends on the batch (it subtracts the batch's maximum); "
+                "ours does not.", "", peer_markdown(peer), ""]
     budgets = {r["budget"] for r in records}
     if records:
         out += ["## Which split each choice used", "", choices_markdown(records, methods, budgets), ""]
@@ -723,7 +779,8 @@ def write_report(runs_root: Path | str | None, results: Path | str = RESULTS_FIL
     files = [results, results.with_suffix(".csv")]
     plots_dir = report.parent / report.stem
     text, specs = render_report(records, _rel(results, report.parent), plots_dir.name,
-                                speed=load_speed(results.with_name("speed.json")))
+                                speed=load_speed(results.with_name("speed.json")),
+                                peer=load_peer(results.with_name("peer.json")))
     report.write_text(text)
     files.append(report)
     if plots:

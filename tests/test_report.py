@@ -32,7 +32,7 @@ def committed_records() -> list[dict]:
 
 def test_committed_report_is_what_the_committed_data_generates():
     records = committed_records()
-    text, plots = report.render_report(records, speed=report.load_speed())
+    text, plots = report.render_report(records, speed=report.load_speed(), peer=report.load_peer())
     assert report.REPORT_FILE.read_text() == text, (
         "docs/report.md differs from what docs/results/runs.json generates: do not edit it by "
         "hand; run `python -m kit report --no-collect` and commit the result")
