@@ -38,20 +38,15 @@ from kit.data import ImageSet, find_category  # noqa: E402
 from kit.method import load_methods  # noqa: E402
 from kit.paths import default_runs_root  # noqa: E402
 from kit.pipeline import restore_method  # noqa: E402
-from kit.report import SPEED_FILE, collect, default_records  # noqa: E402
+from kit.report import SPEED_FILE, collect, newest_defaults  # noqa: E402
 
 ALL_STAGES = (0, 1, 2, 3, 4)
 
 
 def default_runs(runs_root: Path, budget: str) -> dict[str, dict]:
     """``{method: record}``: the newest default-settings run of ``budget`` per method."""
-    chosen: dict[str, dict] = {}
-    for record in default_records(collect(runs_root)):
-        if record["budget"] == budget and record["data"] != "sample":
-            best = chosen.get(record["method"])
-            if best is None or (record["created"] or "") > (best["created"] or ""):
-                chosen[record["method"]] = record
-    return chosen
+    records = [r for r in collect(runs_root) if r["budget"] == budget and r["data"] != "sample"]
+    return newest_defaults(records, key=lambda r: r["method"])
 
 
 def measure(run_dir: Path, repeats: int) -> dict:

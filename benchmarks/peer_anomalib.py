@@ -25,7 +25,9 @@ What anomalib needs offline, done here and written into every result row (``work
   (see ../shared/notes/reference-facts.md);
 - no validation split: nothing of anomalib's is chosen on the test images.
 
-anomalib scores the test images in batches of ``--eval-batch`` (32, its datamodules' default)
+Fit seconds: anomalib's are ``Trainer.fit`` alone (its images already decoded); ours are the
+run's own ``fit_seconds`` (decoding included), measured here when the run was made here, else
+when it was made (the row names the run). anomalib scores the test images in batches of ``--eval-batch`` (32, its datamodules' default)
 in the test set's order. Its CFlow map subtracts the maximum over the batch, so one image's map
 depends on its batch mates; ours does not (``kit/cnf.py``). Run it on a quiet machine: the
 load average is recorded before and after the timings.

@@ -34,6 +34,7 @@ from kit.paths import REPO_ROOT, SAMPLE_ROOT
 RESULTS_FILE = REPO_ROOT / "docs" / "results" / "runs.json"
 SPEED_FILE = REPO_ROOT / "docs" / "results" / "speed.json"  # benchmarks/bench_methods.py writes it
 PEER_FILE = REPO_ROOT / "docs" / "results" / "peer.json"  # benchmarks/peer_anomalib.py writes it
+BACKBONES_FILE = REPO_ROOT / "docs" / "results" / "backbones.json"  # benchmarks/bench_backbones.py writes it
 PEER_SPEEDUP_TARGET = 2.0  # issue 13: cflow at least 2x faster at inference than anomalib's CFlow
 OVERHEAD_TARGET = 1.5  # issue 13: a method's inference at most 1.5x its bare backbone forward
 REPORT_FILE = REPO_ROOT / "docs" / "report.md"
@@ -259,6 +260,18 @@ def default_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r.get("default")]
 
 
+def newest_defaults(records: list[dict[str, Any]], key=lambda r: (r["method"], r["seed"])
+                    ) -> dict[Any, dict[str, Any]]:
+    """``{key(record): record}``: the newest default-settings record for each key (by default
+    one per method and seed; the report's methods table and the speed benchmark choose so)."""
+    newest: dict[Any, dict[str, Any]] = {}
+    for r in default_records(records):
+        k = key(r)
+        if k not in newest or (r.get("created") or "") > (newest[k].get("created") or ""):
+            newest[k] = r
+    return newest
+
+
 def variant_value(record: dict[str, Any], variant, metric: str) -> float | None:
     """The ablation ``variant``'s ``metric`` in a record: its named map's, or the primary one."""
     source = record if variant.map is None else record["maps"].get(variant.map) or {}
@@ -306,13 +319,8 @@ def methods_table(records: list[dict[str, Any]], methods: list[str]) -> list[dic
     from kit.method import method_class
 
     rows = []
-    newest: dict[tuple[str, int], dict[str, Any]] = {}  # one default run per method and seed
-    for r in default_records(records):
-        key = (r["method"], r["seed"])
-        if key not in newest or (r.get("created") or "") > (newest[key].get("created") or ""):
-            newest[key] = r
     by_method = defaultdict(list)
-    for (name, _), r in sorted(newest.items()):
+    for (name, _), r in sorted(newest_defaults(records).items()):
         by_method[name].append(r)
     for name in methods:
         rs = by_method.get(name)
@@ -330,13 +338,13 @@ def methods_table(records: list[dict[str, Any]], methods: list[str]) -> list[dic
                             or None for r in rs],
             "model_mb": [r.get("model_mb") for r in rs],
             "paper": paper_values, "backbone": rs[0].get("backbone"),
-            "image_size": rs[0].get("image_size"),
+            "image_size": rs[0].get("image_size"), "n_train": [r.get("n_train") for r in rs],
         })
     return rows
 
 
 def methods_markdown(rows: list[dict[str, Any]], with_paper: bool = True) -> str:
-    head = ("| method | backbone, size | image AUROC | pixel AUROC | pixel AUPR | AUPRO | "
+    head = ("| method | backbone, size | fit images | image AUROC | pixel AUROC | pixel AUPR | AUPRO | "
             "fit s | inference ms/image | peak RSS MB | model MB | seeds |"
             + (" paper (this dataset) |" if with_paper else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -344,7 +352,8 @@ def methods_markdown(rows: list[dict[str, Any]], with_paper: bool = True) -> str
         paper = ", ".join(f"{METRIC_NAMES[k]} {v:.3f}" for k, v in sorted(row["paper"].items())
                           if k in METRIC_NAMES) or "-"
         cells = [f"`{row['method']}`", f"{row['backbone']}, {row['image_size']} px",
-                 *(_stat(row[k]) for k in METRICS), _stat(row["fit_seconds"], 0),
+                 _stat(row.get("n_train") or [], 0), *(_stat(row[k]) for k in METRICS),
+                 _stat(row["fit_seconds"], 0),
                  _stat(row["infer_ms_per_image"], 0), _stat(row["peak_rss_mb"], 0),
                  _stat(row["model_mb"], 1), ",".join(str(s) for s in row["seeds"])]
         if with_paper:
@@ -518,9 +527,13 @@ def _group_title(group: Group, records: list[dict[str, Any]]) -> str:
     """The data, its split sizes (of the default runs where there are some: an ablation may
     train on fewer images), the budget and any extra settings."""
     base = [r for r in records if r.get("default")] or records
-    counts = " / ".join(f"{_most_common([r.get(k) for r in base])} {what}"
-                        for k, what in (("n_train", "fit"), ("n_val", "held-out"),
-                                        ("n_test", "test images")))
+    fit = sorted({r.get("n_train") for r in base if r.get("n_train") is not None})
+    # methods' budgets may cap the fit images (max_train_images): a range, each in its table
+    fit_text = (f"{fit[0]}-{fit[-1]} fit" if len(fit) > 1
+                else f"{_most_common([r.get('n_train') for r in base])} fit")
+    counts = " / ".join([fit_text] + [f"{_most_common([r.get(k) for r in base])} {what}"
+                                      for k, what in (("n_val", "held-out"),
+                                                      ("n_test", "test images"))])
     extra = json.loads(group.extra)
     settings = ("; extra settings " + ", ".join(f"{k}={json.dumps(v)}" for k, v in extra.items())
                 if extra else "")
@@ -588,6 +601,56 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def load_backbones(path: Path | str | None = None) -> list[dict[str, Any]]:
+    """The backbone measurements (:data:`BACKBONES_FILE`), ``[]`` when there are none."""
+    return _load_list(Path(path or BACKBONES_FILE), "measurements",
+                      lambda r: {"model", "gflops", "ms_per_image", "channels_last"} <= set(r))
+
+
+def _speedup(rows: list[dict[str, Any]], model: str, slow: dict, fast: dict) -> str:
+    """``x(ms of the slow setting / ms of the fast one)`` for ``model``, ``-`` if not measured."""
+    def ms(setting):
+        hit = [r["ms_per_image"] for r in rows if r["model"] == model
+               and all(r[k] == v for k, v in setting.items())]
+        return hit[0] if hit else None
+    a, b = ms(slow), ms(fast)
+    return f"x{a / b:.2f}" if a and b else "-"
+
+
+def backbones_markdown(rows: list[dict[str, Any]]) -> str:
+    """Each backbone's FLOPs against its measured throughput, per setting, then what each
+    technique gives as a ratio of times (above 1: the technique is faster)."""
+    lines = ["| backbone, size | GFLOPs/image | params M | batch | threads | channels-last | "
+             "ms/image | images/s | GFLOP/s | CPU ms/image |", "|---|---|---|---|---|---|---|---|---|---|"]
+    order = sorted(rows, key=lambda r: (r["gflops"], r["model"], r["batch"], r["threads"],
+                                        r["channels_last"]))
+    for r in order:
+        lines.append(f"| {r['model']}, {r['image_size']} px | {r['gflops']:.2f} | "
+                     f"{r['params_m']:.1f} | {r['batch']} | {r['threads']} | "
+                     f"{'yes' if r['channels_last'] else 'no'} | {r['ms_per_image']:.1f} | "
+                     f"{r['img_per_s']:.1f} | {r['gflop_per_s']:.1f} | {r['cpu_ms_per_image']:.1f} |")
+    threads = sorted({r["threads"] for r in rows})
+    batches = sorted({r["batch"] for r in rows})
+    t_hi, b_lo, b_hi = threads[-1], batches[0], batches[-1]
+    lines += ["", f"| backbone | channels-last vs not (batch {b_lo}, {t_hi} threads) | "
+                  f"{t_hi} threads vs {threads[0]} (batch {b_lo}, channels-last) | "
+                  f"batch {b_hi} vs {b_lo} per image ({t_hi} threads, channels-last) |",
+              "|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in order):
+        lines.append(
+            f"| {model} | "
+            + _speedup(rows, model, dict(batch=b_lo, threads=t_hi, channels_last=False),
+                       dict(batch=b_lo, threads=t_hi, channels_last=True)) + " | "
+            + _speedup(rows, model, dict(batch=b_lo, threads=threads[0], channels_last=True),
+                       dict(batch=b_lo, threads=t_hi, channels_last=True)) + " | "
+            + _speedup(rows, model, dict(batch=b_lo, threads=t_hi, channels_last=True),
+                       dict(batch=b_hi, threads=t_hi, channels_last=True)) + " |")
+    loads = [r["load_before"] for r in rows] + [r["load_after"] for r in rows]
+    lines += ["", f"Load average {min(loads):.2f} to {max(loads):.2f} while measured; "
+                  f"{rows[0]['created'][:10]}, torch {rows[0]['torch']}."]
+    return "\n".join(lines)
+
+
 def load_peer(path: Path | str | None = None) -> list[dict[str, Any]]:
     """The peer comparison's rows (:data:`PEER_FILE`), ``[]`` when there are none."""
     return _load_list(Path(path or PEER_FILE), "comparisons",
@@ -635,7 +698,8 @@ def peer_markdown(rows: list[dict[str, Any]]) -> str:
 
 def render_report(records: list[dict[str, Any]], results_name: str = "docs/results/runs.json",
                   plots_dir: str = "report", speed: list[dict[str, Any]] | None = None,
-                  peer: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+                  peer: list[dict[str, Any]] | None = None,
+                  backbones: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
     """``(markdown, plots)``: the report's text and ``{file name: figure spec}`` for
     :func:`draw_plots`. Pure: the same records give the same text."""
     from kit.method import load_methods
@@ -679,6 +743,13 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                 "backbone through the deepest stage it reads, same size, batch 1, on the CPU, "
                 "timed interleaved in one process; median of the repeats. The ratio is the "
                 "method's own overhead.", "", speed_markdown(speed), ""]
+    if backbones:
+        out += ["## Backbones: throughput against FLOPs, and what the techniques give", "",
+                "`benchmarks/bench_backbones.py` (data: `docs/results/backbones.json`): every "
+                f"offline backbone through stages {backbones[0]['layers']}, FLOPs counted by "
+                "`torch.utils.flop_counter` on one image, each setting timed interleaved with the "
+                "others (median ms per image). Every method runs its backbone channels-last.", "",
+                backbones_markdown(backbones), ""]
     if peer:
         out += ["## Against anomalib", "",
                 "`benchmarks/peer_anomalib.py` (data: `docs/results/peer.json`): our method's run "
@@ -780,7 +851,8 @@ def write_report(runs_root: Path | str | None, results: Path | str = RESULTS_FIL
     plots_dir = report.parent / report.stem
     text, specs = render_report(records, _rel(results, report.parent), plots_dir.name,
                                 speed=load_speed(results.with_name("speed.json")),
-                                peer=load_peer(results.with_name("peer.json")))
+                                peer=load_peer(results.with_name("peer.json")),
+                                backbones=load_backbones(results.with_name("backbones.json")))
     report.write_text(text)
     files.append(report)
     if plots:

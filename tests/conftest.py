@@ -89,6 +89,29 @@ def sample_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sample_runs_root(tmp_path_factory) -> Path:
+    """One runs root for the whole session's real-sample runs: the methods' quick-budget tests
+    and the notebooks share it, as a user running things in one runs root does. A method's
+    default run on the sample is fitted once and reused by its test, by the notebook whose
+    ablation holds it and by 05_compare."""
+    return tmp_path_factory.mktemp("sample_runs")
+
+
+@pytest.fixture(scope="session")
+def sample_default_run(sample_runs_root):
+    """``make(method) -> Run``: the method's default quick run on the embedded sample, in the
+    folder ``python -m kit bench --no-ablations`` uses, made on first use and reused after."""
+    from kit.compare import default_runs
+    from kit.paths import DEFAULT_CATEGORY
+
+    def make(method: str):
+        return default_runs(sample_runs_root, SAMPLE_ROOT, DEFAULT_CATEGORY, "quick",
+                            methods=[method], progress=False)[0]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def mtd_root() -> Path:
     """Full Magnetic Tile Defects beside the project (skips where it is absent)."""
     root = Path(os.environ.get("KIT_DATA_ROOT", SHARED_DATA / "mtd"))

@@ -144,13 +144,12 @@ def test_synthetic_recipe_is_the_papers(toy_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_budget_on_the_embedded_real_sample(sample_root, tmp_path):
+def test_quick_budget_on_the_embedded_real_sample(sample_root, sample_default_run):
     """Real images and ImageNet Lite0 weights, the quick budget (about a minute). Floors: the
     values measured when the method landed (A pixel AUROC 0.794, A_nf 0.794, A_p 0.684; image
     AUROC of A 0.697 on 65 test images) minus 0.03, or 0.05 for A_p and the image AUROC, whose
     65-image estimate moves more."""
-    run = load_run(run_experiment("cls_cnfs", sample_root, "magnetic_tile", tmp_path / "r",
-                                  progress=False))
+    run = sample_default_run("cls_cnfs")  # the default quick run, shared with the notebooks
     maps = run.metrics["maps"]
     assert maps["A"]["pixel_auroc"] >= 0.794 - 0.03
     assert maps["A_nf"]["pixel_auroc"] >= 0.794 - 0.03

@@ -6,7 +6,7 @@ compare page must let the user pick a map and show the reconstruction."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytest

@@ -22,9 +22,8 @@ from kit.maps import mean_filter, median_filter, ssim_map
 from kit.method import FitContext, make_method
 from kit.methods.ndp_net import NdpNet, NdpNetConfig
 from kit.papers.ndp_net import PAPER
-from kit.pipeline import restore_method, run_experiment
+from kit.pipeline import restore_method
 from kit.rbam import FeatureFusion, ReferenceAttention, reference_repair
-from kit.runstore import load_run
 from kit.synthetic import defect_set
 
 FAST = dict(weights="none", image_size=64, phase1_epochs=1, phase2_epochs=2,
@@ -267,15 +266,14 @@ def test_a_seeded_fit_is_deterministic(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_budget_on_the_embedded_real_sample(sample_root, tmp_path):
+def test_quick_budget_on_the_embedded_real_sample(sample_root, sample_default_run):
     """Real images and ImageNet Lite0 weights at the quick budget (about a minute and a half).
 
     At this budget the method localises its own kind of defect (synthetic, on held-out normals)
     far better than MTD's real ones, whose pixel AUROC is below chance; both floors are the
     values measured when the method landed minus a margin, so they guard against a collapse,
     and the synthetic one is the guard that it learned at all (see docs/results.md)."""
-    run = load_run(run_experiment("ndp_net", sample_root, "magnetic_tile", tmp_path / "r",
-                                  progress=False))
+    run = sample_default_run("ndp_net")  # the default quick run, shared with the notebooks
     assert set(run.metrics["maps"]) == NAMED
     assert run.reconstructions, "the run keeps reconstructions for the compare page"
     log = run.config["train_log"]

@@ -18,8 +18,6 @@ from kit.mapping import (ChannelStandardizer, PfmMapping, ResidualBlock, Residua
                          fit_mapping, residual_maps)
 from kit.method import FitContext, make_method
 from kit.methods.nf_bmr import NfBmrConfig
-from kit.pipeline import run_experiment
-from kit.runstore import load_run
 
 FAST = {
     "nf_bmr": dict(weights="none", image_size=64, flow_hidden=16, flow_epochs=2, latent=16, map_epochs=2),
@@ -201,13 +199,12 @@ def test_training_features_come_from_the_cache_the_second_time(sample_root, tmp_
 
 
 @pytest.mark.slow
-def test_quick_budget_on_the_embedded_real_sample(sample_root, tmp_path):
+def test_quick_budget_on_the_embedded_real_sample(sample_root, sample_default_run):
     """Real images and ImageNet Lite2 weights, the quick budget (under a minute). Floors: the
     values measured when the method landed (image AUROC 0.800 on 65 test images, pixel AUROC
     0.801, the NF map's pixel AUROC 0.815) minus 0.05 for the image AUROC, whose 65-image
     estimate moves more, and 0.03 for the pixel ones."""
-    run = load_run(run_experiment("nf_bmr", sample_root, "magnetic_tile", tmp_path / "r",
-                                  progress=False))
+    run = sample_default_run("nf_bmr")  # the default quick run, shared with the notebooks
     assert set(run.metrics["maps"]) == {"forward", "backward", "NF"}
     assert run.metrics["image_auroc"] >= 0.800 - 0.05
     assert run.metrics["pixel_auroc"] >= 0.801 - 0.03

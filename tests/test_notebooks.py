@@ -13,10 +13,11 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-
 
 
 @pytest.fixture(scope="session")
-def notebook_runs(tmp_path_factory) -> Path:
-    """One runs root for every notebook, as a user running them in order has: 05_compare
-    reuses the default runs 03 and 04 made (each notebook also runs on its own, only slower)."""
-    return tmp_path_factory.mktemp("notebook_runs")
+def notebook_runs(sample_runs_root) -> Path:
+    """One runs root for every notebook, as a user running them in order has, shared with the
+    methods' real-sample tests (conftest.py): 03, 04 and 05_compare reuse the default runs made
+    before them (each notebook also runs on its own, only slower)."""
+    return sample_runs_root
 
 
 @pytest.mark.slow

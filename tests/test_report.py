@@ -5,6 +5,7 @@ reference results."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,8 @@ def committed_records() -> list[dict]:
 
 def test_committed_report_is_what_the_committed_data_generates():
     records = committed_records()
-    text, plots = report.render_report(records, speed=report.load_speed(), peer=report.load_peer())
+    text, plots = report.render_report(records, speed=report.load_speed(), peer=report.load_peer(),
+                                        backbones=report.load_backbones())
     assert report.REPORT_FILE.read_text() == text, (
         "docs/report.md differs from what docs/results/runs.json generates: do not edit it by "
         "hand; run `python -m kit report --no-collect` and commit the result")
@@ -230,3 +232,25 @@ def test_main_methods_and_takeaways_follow_the_data(toy):
     assert "against the cheapest" in text
     assert report.main_methods([r for r in records if r["method"] == "nope"]) == ("", [])
     assert report.main_methods_plot(records).name.startswith("methods-data-toy-")
+
+
+def test_backbone_benchmark_counts_flops_and_renders_the_technique_ratios(tmp_path):
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import bench_backbones
+
+    out = tmp_path / "backbones.json"
+    assert bench_backbones.main(["--models", "tf_efficientnet_lite0", "--size", "64", "--batches", "1",
+                                 "--batch-sizes", "1", "2", "--threads", "1", "2", "--out", str(out)]) == 0
+    rows = report.load_backbones(out)
+    assert len(rows) == 2 * 2 * 2  # batch sizes x threads x channels-last on/off
+    # one image through all five stages: the FLOPs grow with the pixels (4x from 64 to 128 px)
+    assert len({r["gflops"] for r in rows}) == 1 and rows[0]["gflops"] > 0
+    model = bench_backbones.FeatureExtractor("tf_efficientnet_lite0", (0, 1, 2, 3, 4), "offline").eval()
+    assert bench_backbones.gflops_per_image(model, 128) == pytest.approx(4 * rows[0]["gflops"], rel=0.02)
+    for r in rows:
+        assert r["ms_per_image"] > 0 and r["gflop_per_s"] == pytest.approx(
+            r["gflops"] * 1000 / r["ms_per_image"], rel=0.02)
+    text = report.backbones_markdown(rows)
+    assert text.count("| tf_efficientnet_lite0, 64 px |") == 8
+    ratios = text.split("| batch 2 vs 1 per image (2 threads, channels-last) |")[1]
+    assert ratios.count(" x") == 3  # all three techniques measured, none shown as "-"
