@@ -49,6 +49,20 @@ def default_runs(runs_root: Path, budget: str) -> dict[str, dict]:
     return newest_defaults(records, key=lambda r: r["method"])
 
 
+def bare_forward(backbone: str, layers, weights: str):
+    """``fn(images [B, 3, S, S] in [0, 1])``: the bare forward of ``backbone`` through the
+    deepest of ``layers``, channels-last as every method runs it, so a ratio to it is the
+    method's own cost."""
+    bare = FeatureExtractor(backbone, layers=(max(layers),), weights=weights,
+                            channels_last=True).eval()
+
+    def forward(x):
+        with torch.inference_mode():
+            bare(x)
+
+    return forward
+
+
 def measure(run_dir: Path, repeats: int) -> dict:
     method = restore_method(run_dir, device="cpu")
     cfg = method.config
@@ -56,14 +70,7 @@ def measure(run_dir: Path, repeats: int) -> dict:
     cat = find_category(run_config["data_root"], run_config["category"])
     image = ImageSet(cat.test[:1], cfg.image_size).tensor().float() / 255.0
     layers = tuple(getattr(cfg, "layers", None) or ALL_STAGES)
-    # channels-last as every method runs its backbone, so the ratio is the method's own cost
-    bare = FeatureExtractor(cfg.backbone, layers=(max(layers),), weights=cfg.weights,
-                            channels_last=True).eval()
-
-    def backbone(x):
-        with torch.inference_mode():
-            bare(x)
-
+    backbone = bare_forward(cfg.backbone, layers, cfg.weights)
     load_before = os.getloadavg()[0]
     wall = interleaved({"backbone": backbone, "method": method.predict}, image, repeats)
     med = {k: statistics.median(v) for k, v in wall.items()}

@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere in the repo
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_cflow import interleaved  # noqa: E402
+from bench_methods import bare_forward  # noqa: E402
 
 from kit.backbones import FeatureExtractor  # noqa: E402
 from kit.compare import default_runs  # noqa: E402
@@ -226,20 +227,15 @@ def compare_method(name: str, run, repeats: int, eval_batch: int, progress: bool
     peer_metrics = evaluate_scored(cat.test, scored, size, None, cat.has_masks)
 
     method = restore_method(run.path, device="cpu")
-    bare = FeatureExtractor(backbone, layers=(max(cfg["layers"]),), weights=cfg["weights"],
-                            channels_last=True).eval()
+    bare = bare_forward(backbone, cfg["layers"], cfg["weights"])
     model = module.model.eval()
-
-    def bare_forward(x):
-        with torch.inference_mode():
-            bare(x)
 
     def peer_forward(x):
         with torch.inference_mode():
             model(normalise(x))
 
     load_before = os.getloadavg()[0]
-    wall = interleaved({"bare": bare_forward, "ours": method.predict, "peer": peer_forward},
+    wall = interleaved({"bare": bare, "ours": method.predict, "peer": peer_forward},
                        first, repeats)
     med = {k: statistics.median(v) for k, v in wall.items()}
     return {
