@@ -17,7 +17,7 @@ TORCH ?= default
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 TORCH_PINS = $(shell grep -E '^(torch|torchvision)==' requirements.txt)
 
-.PHONY: setup demo test bench peer notebooks html book report app clean
+.PHONY: setup demo test bench peer speed notebooks html book report app clean
 
 setup: $(STAMP)
 
@@ -75,6 +75,10 @@ book: setup
 
 peer: setup
 	$(PY) benchmarks/peer_anomalib.py
+	$(PY) -m kit report --no-collect
+
+speed: setup
+	$(PY) benchmarks/bench_methods.py --compile
 	$(PY) -m kit report --no-collect
 
 report: setup

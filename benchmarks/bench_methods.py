@@ -10,6 +10,7 @@ method without a ``layers`` setting), timed interleaved, and their ratio (issue 
 at most 1.5x).
 
     .venv/bin/python benchmarks/bench_methods.py [--budget quick] [--repeats 10] [--methods ...]
+    .venv/bin/python benchmarks/bench_methods.py --compile   # + predict under torch.compile
     .venv/bin/python -m kit report --no-collect     # the report's speed table from the file
 
 Run it on a quiet machine; it records the load average before and after each method.
@@ -20,10 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__" and "--compile" in sys.argv and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    # a cold compile: inductor's on-disk cache of earlier runs' generated code would hide its
+    # cost. Read when torch is imported, so set before; methods compiled later in this process
+    # reuse the kernels of a backbone an earlier one compiled.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="kit-inductor-")
 
 import torch
 
@@ -63,7 +73,36 @@ def bare_forward(backbone: str, layers, weights: str):
     return forward
 
 
-def measure(run_dir: Path, repeats: int) -> dict:
+def compiled_predict(method, image: torch.Tensor, timeout_s: int = 0
+                     ) -> tuple[Any, float, float]:
+    """``(fn, compile seconds, largest difference)``: ``method.predict`` under
+    ``torch.compile`` (inductor, the default), its first call's time (tracing and code
+    generation) and the largest absolute difference of its maps and scores from the eager ones
+    on ``image``, relative to the largest eager value. TimeoutError when the first call takes
+    over ``timeout_s`` seconds (0: no limit; main thread only)."""
+    compiled = torch.compile(method.predict)
+
+    def give_up(signum, frame):
+        raise TimeoutError(f"compiling took over {timeout_s} s")
+
+    previous = signal.signal(signal.SIGALRM, give_up) if timeout_s else None
+    signal.alarm(timeout_s)
+    start = time.perf_counter()
+    try:
+        fast = compiled(image)
+    finally:
+        signal.alarm(0)
+        if previous is not None:
+            signal.signal(signal.SIGALRM, previous)
+    seconds = time.perf_counter() - start
+    eager = method.predict(image)
+    pairs = [(eager.anomaly_maps, fast.anomaly_maps), (eager.image_scores, fast.image_scores),
+             *((eager.named_maps[k], fast.named_maps[k]) for k in eager.named_maps)]
+    diff = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)) for a, b in pairs)
+    return compiled, seconds, diff
+
+
+def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout_s: int = 0) -> dict:
     method = restore_method(run_dir, device="cpu")
     cfg = method.config
     run_config = json.loads((run_dir / "config.json").read_text())
@@ -71,12 +110,23 @@ def measure(run_dir: Path, repeats: int) -> dict:
     image = ImageSet(cat.test[:1], cfg.image_size).tensor().float() / 255.0
     layers = tuple(getattr(cfg, "layers", None) or ALL_STAGES)
     backbone = bare_forward(cfg.backbone, layers, cfg.weights)
+    fns = {"backbone": backbone, "method": method.predict}
+    extra = {}
+    if compile_:
+        try:
+            fns["compiled"], seconds, diff = compiled_predict(method, image, compile_timeout_s)
+            extra = {"compile_s": round(seconds, 1), "compiled_max_rel_diff": float(f"{diff:.2e}")}
+        except Exception as err:  # noqa: BLE001 - a method that does not compile is a finding
+            extra = {"compile_error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
     load_before = os.getloadavg()[0]
-    wall = interleaved({"backbone": backbone, "method": method.predict}, image, repeats)
+    wall = interleaved(fns, image, repeats)
     med = {k: statistics.median(v) for k, v in wall.items()}
+    if "compiled" in med:
+        extra.update(compiled_ms=round(med["compiled"], 2),
+                     compiled_speedup=round(med["method"] / med["compiled"], 3))
     return {"backbone": cfg.backbone, "image_size": cfg.image_size, "deepest_stage": max(layers),
             "bare_ms": round(med["backbone"], 2), "method_ms": round(med["method"], 2),
-            "ratio": round(med["method"] / med["backbone"], 3),
+            "ratio": round(med["method"] / med["backbone"], 3), **extra,
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
@@ -87,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each method's predict under torch.compile (minutes "
+                             "of compiling per method)")
+    parser.add_argument("--compile-timeout", type=int, default=300,
+                        help="seconds a method's compile may take before it counts as failed")
     parser.add_argument("--out", default=str(SPEED_FILE))
     args = parser.parse_args(argv)
 
@@ -101,17 +156,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"python -m kit bench --methods {name} --budget {args.budget}")
             continue
         row = {"method": name, "budget": args.budget, "run": runs[name]["run"],
-               **measure(default_runs_root(args.runs_root) / runs[name]["run"], args.repeats),
+               **measure(default_runs_root(args.runs_root) / runs[name]["run"], args.repeats,
+                         args.compile, args.compile_timeout),
                "threads": torch.get_num_threads(), "batch": 1, "repeats": args.repeats,
                "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         print(f"{name:<10} {row['backbone']:<24} {row['image_size']:>4} px  bare {row['bare_ms']:8.1f} ms"
               f"  method {row['method_ms']:8.1f} ms  x{row['ratio']:.2f}  (load {row['load_before']:.2f}"
-              f" -> {row['load_after']:.2f})")
+              f" -> {row['load_after']:.2f})"
+              + (f"  compiled {row['compiled_ms']:.1f} ms (x{row['compiled_speedup']:.2f} faster, "
+                 f"{row['compile_s']:.0f} s to compile)" if "compiled_ms" in row else "")
+              + (f"  compile failed: {row['compile_error']}" if "compile_error" in row else ""))
         rows.append(row)
-    measured = {(r["budget"], r["method"]) for r in rows}  # other methods' rows are kept
-    kept = [r for r in previous if (r.get("budget"), r.get("method")) not in measured]
-    out.write_text(json.dumps(sorted(kept + rows, key=lambda r: (r["budget"], r["method"])),
-                              indent=1, sort_keys=True) + "\n")
+        # after every method, so an interrupted benchmark keeps what it measured
+        measured = {(r["budget"], r["method"]) for r in rows}  # other methods' rows are kept
+        kept = [r for r in previous if (r.get("budget"), r.get("method")) not in measured]
+        out.write_text(json.dumps(sorted(kept + rows, key=lambda r: (r["budget"], r["method"])),
+                                  indent=1, sort_keys=True) + "\n")
     print(f"wrote {out}")
     return 0
 

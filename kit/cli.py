@@ -135,6 +135,11 @@ def cmd_fit(args) -> int:
     print("  ".join(f"{k}={_fmt(metrics.get(k))}" for k in keys))
     for name, values in (metrics.get("maps") or {}).items():  # the method's further maps
         print(f"  map {name}: " + "  ".join(f"{k}={_fmt(values.get(k))}" for k in keys[:5]))
+    by_defect = metrics.get("by_defect") or {}
+    for key in ("pixel_auroc", "image_auroc"):  # which defects the method finds (each vs normal)
+        if any(v.get(key) is not None for v in by_defect.values()):
+            print(f"  {key} per defect type: "
+                  + "  ".join(f"{t}={_fmt(v.get(key))}" for t, v in sorted(by_defect.items())))
     facts = ("device", "fit_peak_rss_mb", "score_peak_rss_mb", "trainable_params", "total_params",
              "model_mb")
     print("  ".join(f"{k}={_fmt(metrics.get(k))}" for k in facts))

@@ -41,6 +41,7 @@ __all__ = [
     "scores_at_threshold",
     "curves",
     "evaluate",
+    "by_defect_type",
     "DEFAULT_FPR_LIMIT",
 ]
 
@@ -501,4 +502,37 @@ def evaluate(scores: Any, labels: Any, maps: Any = None, masks: Any = None, incl
         at = scores_at_threshold(s, y, threshold)
         out.update(threshold=float(threshold), precision=at["precision"],
                    recall=at["recall"], f1=at["f1"])
+    return out
+
+
+def by_defect_type(scores: Any, labels: Any, defect_types: Any, maps: Any = None,
+                   masks: Any = None, include: Any = None,
+                   fpr_limit: float = DEFAULT_FPR_LIMIT) -> dict[str, dict[str, Any]]:
+    """The metrics of each defect type against the normal images, to see where a method fails.
+
+    scores ``[N]``, labels ``[N]`` bool, defect_types ``[N]`` str (any value for normal
+    images); optional maps ``[N, H, W]``, masks ``[N, H, W]`` bool and include ``[N]`` bool as in
+    :func:`evaluate`. Each type ``t`` is scored on its own images plus every normal image, as
+    the MVTec AD per-category tables are: ``image_auroc`` (t vs normal), ``pixel_auroc``,
+    ``pixel_aupr``, ``aupro``, and ``n`` (images of t), ``pixel_share`` (t's fraction of every
+    included anomalous pixel: a pooled pixel AUROC is dominated by the types with large masks).
+    """
+    s, y = _paired(scores, labels)
+    types = np.asarray(defect_types, dtype=str).reshape(-1)
+    if types.shape != s.shape:
+        raise ValueError(f"{s.size} scores but {types.size} defect types")
+    g = _as_binary(masks, "masks") if masks is not None else None
+    inc = _as_include(include, s.size)
+    defect_pixels = ({t: int(np.count_nonzero(g[y & inc & (types == t)])) for t in set(types[y])}
+                     if g is not None else {})
+    total = sum(defect_pixels.values())
+    out: dict[str, dict[str, Any]] = {}
+    for t in sorted(set(types[y])):
+        subset = (types == t) & y | ~y
+        row: dict[str, Any] = {"n": int(np.count_nonzero(types[y] == t)),
+                               "image_auroc": image_auroc(s[subset], y[subset])}
+        if maps is not None and g is not None:
+            row.update(pixel_metrics(maps, g, inc & subset, fpr_limit=fpr_limit))
+            row["pixel_share"] = defect_pixels[t] / total if total else None
+        out[str(t)] = row
     return out

@@ -154,13 +154,16 @@ def collect_features(method: AnomalyMethod, train: list[Sample], test: list[Samp
 def evaluate_scored(test: list[Sample], scored: Scored, image_size: int, threshold: float | None,
                     has_masks: bool, name: str = "primary") -> dict[str, Any]:
     """Metrics of scored test samples (pixel metrics only where masks exist), of the primary
-    map or of the named map ``name``."""
+    map or of the named map ``name``, with the same metrics per defect type (``by_defect``)."""
     labels = np.array([s.label for s in test])
+    types = [s.defect_type for s in test]
     scores, maps = scored.of(name)
     if has_masks:
         masks, include = ImageSet(test, image_size).masks()
-        return M.evaluate(scores, labels, maps, masks, include, threshold=threshold)
-    return M.evaluate(scores, labels, threshold=threshold)
+        return {**M.evaluate(scores, labels, maps, masks, include, threshold=threshold),
+                "by_defect": M.by_defect_type(scores, labels, types, maps, masks, include)}
+    return {**M.evaluate(scores, labels, threshold=threshold),
+            "by_defect": M.by_defect_type(scores, labels, types)}
 
 
 def named_map_metrics(test: list[Sample], scored: Scored, normal: Scored, image_size: int,

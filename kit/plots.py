@@ -545,6 +545,33 @@ def report_methods_bars(ax, rows: Sequence[Mapping]) -> None:
     _report_auroc_axis(ax, start)
 
 
+def report_defect_bars(ax, rows: Sequence[Mapping], types: Sequence[Mapping],
+                       metric: str = "pixel_auroc") -> None:
+    """``metric`` per method, one bar per defect type and one for all types pooled
+    (:func:`kit.report.defect_rows`)."""
+    from kit.report import METRIC_NAMES
+
+    keys = ["all"] + [t["name"] for t in types]
+    values = {k: [row["all"][metric] if k == "all" else row["types"][k][metric] for row in rows]
+              for k in keys}
+    start = metric_axis_start([v for vs in values.values() for v in vs], metric)
+    x = np.arange(len(rows))
+    width = 0.84 / len(keys)
+    colors = ["#222222", *plt_colors(len(keys) - 1)]
+    for i, (key, color) in enumerate(zip(keys, colors)):
+        _report_bars(ax, x + (i - (len(keys) - 1) / 2) * width, values[key], width, start,
+                     color=color, label="all types" if key == "all" else key)
+    ax.set_xticks(x, [row["method"] for row in rows], fontsize=8)
+    _report_auroc_axis(ax, start, METRIC_NAMES.get(metric, metric), metric)
+
+
+def plt_colors(n: int) -> list[str]:
+    """``n`` distinct colours of matplotlib's default cycle (tab10)."""
+    import matplotlib
+
+    return [matplotlib.colors.to_hex(matplotlib.colormaps["tab10"](i % 10)) for i in range(n)]
+
+
 def report_ablation_bars(ax, rows: Sequence[Mapping], metric: str) -> None:
     """The paper's value and ours per variant (:func:`kit.report.ablation_rows` rows)."""
     from kit.report import METRIC_NAMES

@@ -91,12 +91,21 @@ def run_record(run) -> dict[str, Any]:
         "default": is_default_run(c["method"], tags.get("ablation"), variants),
         **{k: _round(m.get(k)) for k in METRICS},
         **{k: _round(m.get(k)) for k in FACTS},
-        "maps": {name: {k: _round(v.get(k)) for k in METRICS if v.get(k) is not None}
+        "maps": {name: {**{k: _round(v.get(k)) for k in METRICS if v.get(k) is not None},
+                        **({"by_defect": by_defect_record(v["by_defect"])}
+                           if v.get("by_defect") else {})}
                  for name, v in sorted((m.get("maps") or {}).items())},
+        "by_defect": by_defect_record(m.get("by_defect") or {}),
         "curves": small_curves(run.curves),
         "created": c.get("created"), "kit_version": c.get("kit_version"), "torch": c.get("torch"),
     }
     return record
+
+
+def by_defect_record(by_defect: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A run's per-defect-type metrics (:func:`kit.metrics.by_defect_type`), rounded."""
+    return {t: {k: _round(v) for k, v in sorted(row.items()) if v is not None}
+            for t, row in sorted(by_defect.items())}
 
 
 def small_curves(curves: dict[str, Any], points: int = CURVE_POINTS) -> dict[str, Any]:
@@ -343,6 +352,68 @@ def methods_table(records: list[dict[str, Any]], methods: list[str]) -> list[dic
     return rows
 
 
+def defect_rows(records: list[dict[str, Any]], methods: list[str]
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(types, rows)``: every method's default run per defect type (mean over seeds).
+
+    types: ``{"name", "n", "pixel_share"}`` per defect type, largest share first; rows: one per
+    method whose default records carry ``by_defect``, ``{"method", "all": {metric: value},
+    "types": {type: {metric: value}}}``. Shares come from masks alone (the same for every
+    method up to the map size), so the first record's are shown.
+    """
+    by_method = defaultdict(list)
+    for (name, _), r in sorted(newest_defaults(records).items()):
+        if r.get("by_defect"):
+            by_method[name].append(r)
+    if not by_method:
+        return [], []
+    first = by_method[next(iter(by_method))][0]["by_defect"]
+    types = sorted(({"name": t, "n": v.get("n"), "pixel_share": v.get("pixel_share")}
+                    for t, v in first.items()), key=lambda t: (-(t["pixel_share"] or 0), t["name"]))
+    rows = []
+    for name in methods:
+        rs = by_method.get(name)
+        if rs:
+            rows.append({"method": name,
+                         "all": {k: _mean([r.get(k) for r in rs]) for k in METRICS},
+                         "types": {t["name"]: {k: _mean([(r["by_defect"].get(t["name"]) or {}).get(k)
+                                                         for r in rs]) for k in METRICS}
+                                   for t in types}})
+    return types, rows
+
+
+def defect_markdown(types: list[dict[str, Any]], rows: list[dict[str, Any]],
+                    metric: str = "pixel_auroc") -> str:
+    """A table of ``metric`` per method (rows) and defect type (columns), then a generated
+    line on the type with the most defect pixels."""
+    def cell(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    share = lambda t: "" if t["pixel_share"] is None else f", {100 * t['pixel_share']:.0f}% of pixels"
+    head = ("| method | all types | "
+            + " | ".join(f"{t['name']} ({t['n']} images{share(t)})" for t in types) + " |")
+    lines = [head, "|" + "---|" * (len(types) + 2)]
+    for row in rows:
+        lines.append(f"| `{row['method']}` | {cell(row['all'][metric])} | "
+                     + " | ".join(cell(row["types"][t["name"]][metric]) for t in types) + " |")
+    big = types[0] if types and types[0]["pixel_share"] else None
+    if big and metric.startswith("pixel") and rows:
+        pairs = [(row["types"][big["name"]][metric], row["all"][metric]) for row in rows]
+        pairs = [(v, a) for v, a in pairs if v is not None and a is not None]
+        others = sorted(v for row in rows for t in types[1:]
+                        if (v := row["types"][t["name"]][metric]) is not None)
+        if pairs and others:
+            import numpy as np
+
+            lines += ["", f"`{big['name']}` holds {100 * big['pixel_share']:.0f}% of the defect "
+                      f"pixels, the most of any type. {METRIC_NAMES[metric]} on it "
+                      f"({min(v for v, _ in pairs):.3f}-{max(v for v, _ in pairs):.3f} over the "
+                      f"methods) lies within {max(abs(v - a) for v, a in pairs):.3f} of each "
+                      f"method's pooled value; on the other types the median method-and-type "
+                      f"value is {float(np.median(others)):.3f}."]
+    return "\n".join(lines)
+
+
 def methods_markdown(rows: list[dict[str, Any]], with_paper: bool = True) -> str:
     head = ("| method | backbone, size | fit images | image AUROC | pixel AUROC | pixel AUPR | AUPRO | "
             "fit s | inference ms/image | peak RSS MB | model MB | seeds |"
@@ -541,25 +612,38 @@ def _group_title(group: Group, records: list[dict[str, Any]]) -> str:
             f"{group.budget} budget{settings}")
 
 
-def main_methods(records: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """``(title, rows)``: :func:`methods_table` of the first group on real data that has
-    default runs (MTD's first, as in the README), ``("", [])`` when there is none."""
-    from kit.method import load_methods
-
-    for group, rs in _groups(records):
-        rows = methods_table(rs, sorted(load_methods())) if group.data != "sample" else []
-        if rows:
-            return _group_title(group, rs), rows
-    return "", []
-
-
-def main_methods_plot(records: list[dict[str, Any]]) -> Path:
-    """The report's bar plot of :func:`main_methods`' group (``docs/report/methods-*.png``;
-    it may not exist yet: ``python -m kit report`` draws it)."""
+def _main_group(records: list[dict[str, Any]]) -> tuple[Group | None, list[dict[str, Any]]]:
+    """The first group on real data that has default runs (MTD's first, as in the README)."""
     for group, rs in _groups(records):
         if group.data != "sample" and default_records(rs):
-            return PLOTS_DIR / f"methods-{group.slug}.png"
-    return PLOTS_DIR / "methods.png"
+            return group, rs
+    return None, []
+
+
+def main_methods(records: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """``(title, rows)``: :func:`methods_table` of :func:`_main_group`, ``("", [])`` when there
+    is none."""
+    from kit.method import load_methods
+
+    group, rs = _main_group(records)
+    rows = methods_table(rs, sorted(load_methods())) if group else []
+    return (_group_title(group, rs), rows) if rows else ("", [])
+
+
+def main_defects(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`defect_rows` of :func:`_main_group` (``([], [])`` when its runs have none)."""
+    from kit.method import load_methods
+
+    group, rs = _main_group(records)
+    return defect_rows(rs, sorted(load_methods())) if group else ([], [])
+
+
+def main_methods_plot(records: list[dict[str, Any]], kind: str = "methods") -> Path:
+    """The report's plot of :func:`main_methods`' group: ``kind`` "methods" (the bars of every
+    method) or "defects" (per defect type); ``docs/report/<kind>-*.png``, which may not exist
+    yet: ``python -m kit report`` draws it."""
+    group, _ = _main_group(records)
+    return PLOTS_DIR / (f"{kind}-{group.slug}.png" if group else f"{kind}.png")
 
 
 def takeaways(rows: list[dict[str, Any]]) -> str:
@@ -593,11 +677,23 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
     lines = ["| method | budget | backbone, size | bare backbone ms | method ms | ratio | "
              f"<= {OVERHEAD_TARGET}x | threads | load before -> after | measured |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    compiled = [r for r in speed if r.get("compiled_ms") is not None or r.get("compile_error")]
+    if compiled:
+        lines[0] += (" torch.compile ms (faster by; compile s; images to pay it back; largest rel. "
+                     "difference) |")
+        lines[1] += "---|"
     for r in sorted(speed, key=lambda r: (r["budget"] != "quick", r["budget"], r["method"])):
-        lines.append(f"| `{r['method']}` | {r['budget']} | {r['backbone']}, {r['image_size']} px | "
-                     f"{r['bare_ms']:.1f} | {r['method_ms']:.1f} | x{r['ratio']:.2f} | "
-                     f"{'yes' if r['ratio'] <= OVERHEAD_TARGET else 'no'} | {r['threads']} | "
-                     f"{r['load_before']:.2f} -> {r['load_after']:.2f} | {r['created'][:10]} |")
+        line = (f"| `{r['method']}` | {r['budget']} | {r['backbone']}, {r['image_size']} px | "
+                f"{r['bare_ms']:.1f} | {r['method_ms']:.1f} | x{r['ratio']:.2f} | "
+                f"{'yes' if r['ratio'] <= OVERHEAD_TARGET else 'no'} | {r['threads']} | "
+                f"{r['load_before']:.2f} -> {r['load_after']:.2f} | {r['created'][:10]} |")
+        if compiled:
+            saved = r["method_ms"] - r["compiled_ms"] if r.get("compiled_ms") is not None else 0
+            payback = f"{1000 * r['compile_s'] / saved:.0f}" if saved > 0 else "never"
+            line += (f" {r['compiled_ms']:.1f} (x{r['compiled_speedup']:.2f}; {r['compile_s']:.0f} s;"
+                     f" {payback}; {r['compiled_max_rel_diff']:.0e}) |" if r.get("compiled_ms") is not None
+                     else f" failed: {r['compile_error']} |" if r.get("compile_error") else " - |")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -723,6 +819,18 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
             name = f"methods-{group.slug}.png"
             plots[name] = {"kind": "methods", "rows": rows, "title": f"{label} budget"}
             out += [f"![every method, {label}]({plots_dir}/{name})", ""]
+        types, drows = defect_rows(rs, methods)
+        if drows:
+            out += ["### Every method, per defect type", "",
+                    "Each defect type scored against all normal test images (the pooled value "
+                    "ranks every defect pixel together, so types with large masks weigh most). "
+                    "Pixel AUROC:", "", defect_markdown(types, drows), "",
+                    "Image AUROC (the type's images against the normal ones):", "",
+                    defect_markdown(types, drows, "image_auroc"), ""]
+            name = f"defects-{group.slug}.png"
+            plots[name] = {"kind": "defects", "rows": drows, "types": types,
+                           "metric": "pixel_auroc", "title": f"pixel AUROC per defect type, {label}"}
+            out += [f"![per defect type, {label}]({plots_dir}/{name})", ""]
         for method in methods:
             cls = load_methods()[method]
             for ablation in cls.paper.ablations:
@@ -742,7 +850,15 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                 "`predict` on one image (every map it returns) against the bare forward of its "
                 "backbone through the deepest stage it reads, same size, batch 1, on the CPU, "
                 "timed interleaved in one process; median of the repeats. The ratio is the "
-                "method's own overhead.", "", speed_markdown(speed), ""]
+                "method's own overhead."
+                + (" With `--compile`, the same `predict` under `torch.compile` (inductor) is timed "
+                   "beside them: its speed-up over eager, the seconds its first call took (in one "
+                   "process with an empty inductor cache; methods compiled later reuse a shared "
+                   "backbone's kernels), and the largest difference of its maps and scores from "
+                   "eager, relative to the largest value. The kit runs eager: a run scores a test "
+                   "split once, so the compile time is paid for every run."
+                   if any(r.get("compiled_ms") is not None for r in speed) else ""),
+                "", speed_markdown(speed), ""]
     if backbones:
         out += ["## Backbones: throughput against FLOPs, and what the techniques give", "",
                 "`benchmarks/bench_backbones.py` (data: `docs/results/backbones.json`): every "
@@ -780,6 +896,10 @@ def readme_table(records: list[dict[str, Any]]) -> str:
             shown = True
             parts += [f"**{_group_title(group, rs)}**", "",
                       methods_markdown(rows, with_paper=False), ""]
+            types, drows = defect_rows(rs, methods)
+            if drows:
+                parts += ["Pixel AUROC per defect type (each against the normal images):", "",
+                          defect_markdown(types, drows), ""]
     if not shown:
         parts += ["No results on real data yet: `python -m kit bench` makes them.", ""]
     parts += ["Every paper table beside ours, and which split each choice used: "
@@ -803,7 +923,8 @@ def draw_plots(plots: dict[str, Any], folder: Path | str) -> list[Path]:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from kit.plots import report_ablation_bars, report_ablation_curve, report_methods_bars
+    from kit.plots import (report_ablation_bars, report_ablation_curve, report_defect_bars,
+                           report_methods_bars)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -815,9 +936,11 @@ def draw_plots(plots: dict[str, Any], folder: Path | str) -> list[Path]:
     for name, spec in sorted(plots.items()):
         if not _PLOT_NAME.fullmatch(name) or (folder / name).resolve().parent != folder.resolve():
             raise ValueError(f"plot name {name!r} is not a plain file name")
-        fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
+        fig, ax = plt.subplots(figsize=(10 if spec["kind"] == "defects" else 7, 3.2), dpi=100)
         if spec["kind"] == "methods":
             report_methods_bars(ax, spec["rows"])
+        elif spec["kind"] == "defects":
+            report_defect_bars(ax, spec["rows"], spec["types"], spec["metric"])
         elif spec["kind"] == "curve":
             report_ablation_curve(ax, spec["rows"], spec["metric"])
         else:

@@ -130,6 +130,10 @@ def test_compare_shows_image_truth_maps_and_overlays(toy):
     assert "**reconstruction**" in texts(at)
     assert "pixel threshold" in texts(at) and "median normal pixel" in texts(at)
 
+    # every method's run has its metrics per defect type, with the pooled value beside them
+    per_type = next(df.value for df in at.dataframe if "all types" in df.value.columns)
+    assert sorted(per_type["run"]) == sorted(p.name for p in toy["methods"].values())
+    assert "all types" in per_type.columns and len(per_type.columns) > 2
     images = at.selectbox(key="cmp_image")
     good = next(name(o) for o in images.options if o.startswith("good/"))
     images.set_value(good).run()

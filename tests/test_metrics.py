@@ -480,3 +480,36 @@ def test_module_never_squashes_scores():
     source = open(metrics.__file__).read()
     code = "\n".join(line.split("#")[0] for line in source.splitlines())
     assert "exp(" not in code and "sigmoid(" not in code and "expit" not in code
+
+
+def test_by_defect_type_scores_each_type_against_the_normals():
+    """Each type's row equals the plain metrics on that type's images plus every normal
+    image; the pixel shares add up to 1 and follow the mask areas."""
+    rng = np.random.default_rng(3)
+    n, size = 12, 16
+    types = np.array(["good"] * 4 + ["crack"] * 4 + ["uneven"] * 4)
+    labels = types != "good"
+    masks = np.zeros((n, size, size), bool)
+    masks[4:8, 5:7, 5:7] = True          # small defects
+    masks[8:, :, 8:] = True              # half the image
+    maps = rng.random((n, size, size)) + 0.8 * masks
+    maps[8:, :, 8:] -= 0.75              # the large type is scored barely above its background
+    scores = maps.reshape(n, -1).max(1)
+    include = np.ones(n, bool)
+    include[11] = False                  # an unannotated defect: left out of pixel metrics
+    rows = metrics.by_defect_type(scores, labels, types, maps, masks, include)
+    assert sorted(rows) == ["crack", "uneven"]
+    for t, row in rows.items():
+        sel = (types == t) | (types == "good")
+        expect = metrics.pixel_metrics(maps[sel], masks[sel], include[sel])
+        assert row["pixel_auroc"] == pytest.approx(expect["pixel_auroc"])
+        assert row["aupro"] == pytest.approx(expect["aupro"])
+        assert row["image_auroc"] == pytest.approx(roc_auc_score(labels[sel], scores[sel]))
+        assert row["n"] == 4
+    assert rows["crack"]["pixel_auroc"] > rows["uneven"]["pixel_auroc"]
+    assert rows["crack"]["pixel_share"] == pytest.approx(16 / (16 + 3 * 128))
+    assert rows["crack"]["pixel_share"] + rows["uneven"]["pixel_share"] == pytest.approx(1.0)
+    # without maps: image AUROC per type only
+    assert set(metrics.by_defect_type(scores, labels, types)["crack"]) == {"n", "image_auroc"}
+    with pytest.raises(ValueError, match="defect types"):
+        metrics.by_defect_type(scores, labels, types[:-1])

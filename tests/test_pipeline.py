@@ -85,7 +85,11 @@ def test_cli_fit_list_eval(toy_root, tmp_path, capsys):
                  "--out", str(out), "--weights", "none", "--image-size", "64", "--quiet",
                  "--set", "n_features=20"])
     assert code == 0
-    assert "image_auroc=" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "image_auroc=" in printed
+    per_type = next(line for line in printed.splitlines() if "pixel_auroc per defect type: " in line)
+    assert sorted(load_run(out).metrics["by_defect"]) == [
+        part.split("=")[0] for part in per_type.split(": ", 1)[1].split()]
     assert load_run(out).config["method_config"]["n_features"] == 20
     assert main(["list", str(tmp_path / "runs")]) == 0
     assert "cli_run" in capsys.readouterr().out

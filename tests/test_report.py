@@ -232,6 +232,36 @@ def test_main_methods_and_takeaways_follow_the_data(toy):
     assert "against the cheapest" in text
     assert report.main_methods([r for r in records if r["method"] == "nope"]) == ("", [])
     assert report.main_methods_plot(records).name.startswith("methods-data-toy-")
+    # the same group's runs per defect type: made by the pipeline for every method
+    types, drows = report.main_defects(records)
+    assert [r["method"] for r in drows] == [row["method"] for row in report.main_methods(records)[1]]
+    assert types and all(set(r["types"]) == {t["name"] for t in types} for r in drows)
+    assert report.main_methods_plot(records, "defects").name.startswith("defects-data-toy-")
+
+
+def test_defect_rows_average_seeds_and_the_markdown_names_the_largest_type():
+    def record(method, seed, uneven, crack):
+        return {"method": method, "seed": seed, "default": True, "created": f"2026-12-0{seed + 1}",
+                "pixel_auroc": 0.8, "image_auroc": 0.9, "pixel_aupr": 0.2, "aupro": 0.7,
+                "by_defect": {"uneven": {"n": 3, "pixel_share": 0.75, "pixel_auroc": uneven},
+                              "crack": {"n": 5, "pixel_share": 0.25, "pixel_auroc": crack}}}
+
+    records = [record("padim", 0, 0.70, 0.96), record("padim", 1, 0.74, 0.98),
+               record("cflow", 0, 0.72, 0.95), {**record("nf_bmr", 0, 0, 0), "by_defect": {}}]
+    types, rows = report.defect_rows(records, ["cflow", "nf_bmr", "padim"])
+    assert [t["name"] for t in types] == ["uneven", "crack"]  # the largest share first
+    assert [r["method"] for r in rows] == ["cflow", "padim"]  # no per-type data: no row
+    padim = rows[1]
+    assert padim["types"]["uneven"]["pixel_auroc"] == pytest.approx(0.72)  # mean over seeds
+    assert padim["types"]["uneven"]["aupro"] is None
+    text = report.defect_markdown(types, rows)
+    assert "| `padim` | 0.800 | 0.720 | 0.970 |" in text
+    assert "uneven (3 images, 75% of pixels)" in text
+    assert "`uneven` holds 75% of the defect pixels" in text
+    # uneven 0.72 (both methods) against pooled 0.8; the others: 0.95 (cflow) and 0.97 (padim)
+    assert "(0.720-0.720 over the methods) lies within 0.080 of each method's pooled value" in text
+    assert "median method-and-type value is 0.960." in text
+    assert report.defect_rows([], ["padim"]) == ([], [])
 
 
 def test_backbone_benchmark_counts_flops_and_renders_the_technique_ratios(tmp_path):

@@ -43,6 +43,18 @@ def image_table(runs: list[Run]) -> pd.DataFrame:
     return table
 
 
+def defect_table(runs: list[Run], metric: str = "pixel_auroc") -> pd.DataFrame:
+    """``metric`` of each run (rows) per defect type (columns), from metrics.json's
+    ``by_defect``; runs made before the kit wrote it have no row."""
+    rows = []
+    for run in runs:
+        by_defect = run.metrics.get("by_defect") or {}
+        if by_defect:
+            rows.append({"run": run.name, "all types": run.metrics.get(metric),
+                         **{t: v.get(metric) for t, v in sorted(by_defect.items())}})
+    return pd.DataFrame(rows)
+
+
 def _mistakes(row: pd.Series, runs: list[Run]) -> list[str]:
     return [f"{row[f'verdict · {r.name}']} {r.name}" for r in runs
             if row[f"verdict · {r.name}"] in ("FP", "FN")]
@@ -176,6 +188,17 @@ def render() -> None:
         st.info("No test image matches these filters.")
         return
     image_viewer(chosen, shown, len(table))
+    with st.expander("Metrics per defect type"):
+        st.caption("Each defect type scored against every normal test image. A pooled pixel "
+                   "metric ranks all defect pixels together, so the types with large masks "
+                   "weigh most (on MTD, `uneven`).")
+        for metric, label in (("pixel_auroc", "pixel AUROC"), ("image_auroc", "image AUROC")):
+            per_type = defect_table(chosen, metric)
+            if per_type.empty:
+                st.caption("These runs predate per-defect metrics: refit them to see them.")
+                break
+            st.markdown(f"**{label}**")
+            st.dataframe(per_type, hide_index=True, key=f"cmp_defects_{metric}")
 
 
 @st.fragment

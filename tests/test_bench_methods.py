@@ -1,0 +1,62 @@
+"""benchmarks/bench_methods.py: the method-vs-backbone timing and its torch.compile variant."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from fixtures_runs import tiny_overrides
+from kit import report
+from kit.paths import REPO_ROOT
+from kit.pipeline import run_experiment
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import bench_methods  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    from conftest import make_toy_dataset
+
+    root = tmp_path_factory.mktemp("bench")
+    data = make_toy_dataset(root / "data")
+    return run_experiment("padim", data, "toy", root / "runs" / "padim-default-quick-s0",
+                          overrides=tiny_overrides("padim"), progress=False)
+
+
+def test_compiled_predict_matches_eager_and_is_timed_beside_it(toy_run):
+    row = bench_methods.measure(toy_run, repeats=2, compile_=True)
+    # the compiled predict gives the eager maps and scores (float32 reassociation aside)
+    assert row["compiled_max_rel_diff"] < 1e-4
+    assert row["compile_s"] > 0 and row["compiled_ms"] > 0
+    assert row["compiled_speedup"] == pytest.approx(row["method_ms"] / row["compiled_ms"], rel=0.01)
+    assert row["ratio"] == pytest.approx(row["method_ms"] / row["bare_ms"], rel=0.01)
+    plain = bench_methods.measure(toy_run, repeats=2)
+    assert "compiled_ms" not in plain
+    rows = [{**row, "method": "padim", "budget": "quick", "threads": 2, "created": "2026-12-06"},
+            {**plain, "method": "cflow", "budget": "quick", "threads": 2, "created": "2026-12-06"}]
+    text = report.speed_markdown(rows)
+    assert "torch.compile ms" in text.splitlines()[0]
+    padim_line = next(line for line in text.splitlines() if line.startswith("| `padim`"))
+    assert f"(x{row['compiled_speedup']:.2f};" in padim_line
+    saved = row["method_ms"] - row["compiled_ms"]
+    payback = f"{1000 * row['compile_s'] / saved:.0f}" if saved > 0 else "never"
+    assert f" s; {payback}; " in padim_line  # images until the compile time is paid back
+    assert next(line for line in text.splitlines() if line.startswith("| `cflow`")).endswith(" - |")
+    assert "torch.compile" not in report.speed_markdown(rows[1:])
+
+
+def test_a_method_that_does_not_compile_is_reported_not_fatal(toy_run, monkeypatch):
+    def refuse(fn):
+        def call(*args):
+            raise RuntimeError("unsupported operator\nand a long trace")
+        return call
+
+    monkeypatch.setattr(bench_methods.torch, "compile", refuse)
+    row = bench_methods.measure(toy_run, repeats=1, compile_=True)
+    assert row["compile_error"] == "RuntimeError: unsupported operator"
+    assert "compiled_ms" not in row and row["method_ms"] > 0  # the eager timing still stands
+    text = report.speed_markdown([{**row, "method": "padim", "budget": "quick", "threads": 2,
+                                   "created": "2026-12-06"}])
+    assert text.splitlines()[-1].endswith(" failed: RuntimeError: unsupported operator |")
