@@ -19,12 +19,15 @@ Run it on a quiet machine; it records the load average before and after each met
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ if __name__ == "__main__" and "--compile" in sys.argv and "TORCHINDUCTOR_CACHE_D
     # cost. Read when torch is imported, so set before; methods compiled later in this process
     # reuse the kernels of a backbone an earlier one compiled.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="kit-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import torch
 
@@ -77,22 +81,26 @@ def compiled_predict(method, image: torch.Tensor, timeout_s: int = 0
                      ) -> tuple[Any, float, float]:
     """``(fn, compile seconds, largest difference)``: ``method.predict`` under
     ``torch.compile`` (inductor, the default), its first call's time (tracing and code
-    generation) and the largest absolute difference of its maps and scores from the eager ones
-    on ``image``, relative to the largest eager value. TimeoutError when the first call takes
-    over ``timeout_s`` seconds (0: no limit; main thread only)."""
+    generation), and the largest absolute difference between compiled and eager output on
+    ``image``, each output (map, image scores, every named map) relative to its own largest
+    eager value. TimeoutError when the first call takes over ``timeout_s`` seconds (0: no limit;
+    the limit needs SIGALRM in the main thread and is ignored elsewhere)."""
     compiled = torch.compile(method.predict)
+    limit = (timeout_s > 0 and hasattr(signal, "SIGALRM")
+             and threading.current_thread() is threading.main_thread())
 
     def give_up(signum, frame):
         raise TimeoutError(f"compiling took over {timeout_s} s")
 
-    previous = signal.signal(signal.SIGALRM, give_up) if timeout_s else None
-    signal.alarm(timeout_s)
+    previous = signal.signal(signal.SIGALRM, give_up) if limit else None
+    if limit:
+        signal.alarm(timeout_s)
     start = time.perf_counter()
     try:
         fast = compiled(image)
     finally:
-        signal.alarm(0)
-        if previous is not None:
+        if limit:
+            signal.alarm(0)
             signal.signal(signal.SIGALRM, previous)
     seconds = time.perf_counter() - start
     eager = method.predict(image)
@@ -100,6 +108,14 @@ def compiled_predict(method, image: torch.Tensor, timeout_s: int = 0
              *((eager.named_maps[k], fast.named_maps[k]) for k in eager.named_maps)]
     diff = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)) for a, b in pairs)
     return compiled, seconds, diff
+
+
+def error_line(err: BaseException, width: int = 200) -> str:
+    """``Type: message`` in one line: the message's first line, and the next one too where the
+    first only introduces it (inductor's "backend='inductor' raised:")."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return f"{type(err).__name__}: {text}".rstrip(": ")[:width]
 
 
 def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout_s: int = 0) -> dict:
@@ -117,7 +133,9 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
             fns["compiled"], seconds, diff = compiled_predict(method, image, compile_timeout_s)
             extra = {"compile_s": round(seconds, 1), "compiled_max_rel_diff": float(f"{diff:.2e}")}
         except Exception as err:  # noqa: BLE001 - a method that does not compile is a finding
-            extra = {"compile_error": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"}
+            extra = {"compile_error": error_line(err)}
+        finally:
+            torch._dynamo.reset()  # the next method compiles from a clean state, even after a timeout
     load_before = os.getloadavg()[0]
     wall = interleaved(fns, image, repeats)
     med = {k: statistics.median(v) for k, v in wall.items()}

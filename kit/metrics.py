@@ -521,6 +521,8 @@ def by_defect_type(scores: Any, labels: Any, defect_types: Any, maps: Any = None
     types = np.asarray(defect_types, dtype=str).reshape(-1)
     if types.shape != s.shape:
         raise ValueError(f"{s.size} scores but {types.size} defect types")
+    if maps is not None and len(_as_numpy(maps)) != s.size:
+        raise ValueError(f"{s.size} scores but {len(_as_numpy(maps))} maps")
     g = _as_binary(masks, "masks") if masks is not None else None
     inc = _as_include(include, s.size)
     defect_pixels = ({t: int(np.count_nonzero(g[y & inc & (types == t)])) for t in set(types[y])}
@@ -528,7 +530,7 @@ def by_defect_type(scores: Any, labels: Any, defect_types: Any, maps: Any = None
     total = sum(defect_pixels.values())
     out: dict[str, dict[str, Any]] = {}
     for t in sorted(set(types[y])):
-        subset = (types == t) & y | ~y
+        subset = ((types == t) & y) | ~y
         row: dict[str, Any] = {"n": int(np.count_nonzero(types[y] == t)),
                                "image_auroc": image_auroc(s[subset], y[subset])}
         if maps is not None and g is not None:

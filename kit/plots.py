@@ -289,10 +289,8 @@ def embedding_scatter(xy: np.ndarray, labels: Sequence[int], defect_types: Seque
     if color_by == "label":
         groups = [("normal", labels == 0, NORMAL_COLOR), ("defective", labels == 1, DEFECT_COLOR)]
     else:
-        palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-                   "#7f7f7f", "#bcbd22", "#17becf"]
         names = sorted(set(types.tolist()), key=lambda t: (t != "good", t))
-        groups = [(t, types == t, palette[i % len(palette)]) for i, t in enumerate(names)]
+        groups = [(t, types == t, color) for t, color in zip(names, palette(len(names)))]
     fig = go.Figure()
     for name, sel, color in groups:
         for split, symbol in (("train", "circle-open"), ("test", "circle")):
@@ -557,7 +555,7 @@ def report_defect_bars(ax, rows: Sequence[Mapping], types: Sequence[Mapping],
     start = metric_axis_start([v for vs in values.values() for v in vs], metric)
     x = np.arange(len(rows))
     width = 0.84 / len(keys)
-    colors = ["#222222", *plt_colors(len(keys) - 1)]
+    colors = ["#222222", *palette(len(keys) - 1)]
     for i, (key, color) in enumerate(zip(keys, colors)):
         _report_bars(ax, x + (i - (len(keys) - 1) / 2) * width, values[key], width, start,
                      color=color, label="all types" if key == "all" else key)
@@ -565,11 +563,12 @@ def report_defect_bars(ax, rows: Sequence[Mapping], types: Sequence[Mapping],
     _report_auroc_axis(ax, start, METRIC_NAMES.get(metric, metric), metric)
 
 
-def plt_colors(n: int) -> list[str]:
-    """``n`` distinct colours of matplotlib's default cycle (tab10)."""
-    import matplotlib
-
-    return [matplotlib.colors.to_hex(matplotlib.colormaps["tab10"](i % 10)) for i in range(n)]
+def palette(n: int) -> list[str]:
+    """``n`` colours for categories (defect types), repeating after ten; red comes second so
+    that, after "good" in blue, the first defect type reads as a defect."""
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+              "#7f7f7f", "#bcbd22", "#17becf"]
+    return [colors[i % len(colors)] for i in range(n)]
 
 
 def report_ablation_bars(ax, rows: Sequence[Mapping], metric: str) -> None:

@@ -359,7 +359,8 @@ def defect_rows(records: list[dict[str, Any]], methods: list[str]
     types: ``{"name", "n", "pixel_share"}`` per defect type, largest share first; rows: one per
     method whose default records carry ``by_defect``, ``{"method", "all": {metric: value},
     "types": {type: {metric: value}}}``. Shares come from masks alone (the same for every
-    method up to the map size), so the first record's are shown.
+    method up to the map size), so the first record's are shown; a type missing from a
+    method's runs reads None there.
     """
     by_method = defaultdict(list)
     for (name, _), r in sorted(newest_defaults(records).items()):
@@ -367,9 +368,12 @@ def defect_rows(records: list[dict[str, Any]], methods: list[str]
             by_method[name].append(r)
     if not by_method:
         return [], []
-    first = by_method[next(iter(by_method))][0]["by_defect"]
-    types = sorted(({"name": t, "n": v.get("n"), "pixel_share": v.get("pixel_share")}
-                    for t, v in first.items()), key=lambda t: (-(t["pixel_share"] or 0), t["name"]))
+    seen: dict[str, dict[str, Any]] = {}  # every type of any record; facts from the first seen
+    for rs in by_method.values():
+        for r in rs:
+            for t, v in r["by_defect"].items():
+                seen.setdefault(t, {"name": t, "n": v.get("n"), "pixel_share": v.get("pixel_share")})
+    types = sorted(seen.values(), key=lambda t: (-(t["pixel_share"] or 0), t["name"]))
     rows = []
     for name in methods:
         rs = by_method.get(name)
@@ -389,7 +393,8 @@ def defect_markdown(types: list[dict[str, Any]], rows: list[dict[str, Any]],
     def cell(v):
         return "-" if v is None else f"{v:.3f}"
 
-    share = lambda t: "" if t["pixel_share"] is None else f", {100 * t['pixel_share']:.0f}% of pixels"
+    share = lambda t: ("" if t["pixel_share"] is None
+                       else f", {100 * t['pixel_share']:.0f}% of defect pixels")
     head = ("| method | all types | "
             + " | ".join(f"{t['name']} ({t['n']} images{share(t)})" for t in types) + " |")
     lines = [head, "|" + "---|" * (len(types) + 2)]
@@ -406,11 +411,11 @@ def defect_markdown(types: list[dict[str, Any]], rows: list[dict[str, Any]],
             import numpy as np
 
             lines += ["", f"`{big['name']}` holds {100 * big['pixel_share']:.0f}% of the defect "
-                      f"pixels, the most of any type. {METRIC_NAMES[metric]} on it "
-                      f"({min(v for v, _ in pairs):.3f}-{max(v for v, _ in pairs):.3f} over the "
-                      f"methods) lies within {max(abs(v - a) for v, a in pairs):.3f} of each "
-                      f"method's pooled value; on the other types the median method-and-type "
-                      f"value is {float(np.median(others)):.3f}."]
+                      f"pixels, the most of any type. Each method's {METRIC_NAMES[metric]} on it "
+                      f"({min(v for v, _ in pairs):.3f}-{max(v for v, _ in pairs):.3f}) differs "
+                      f"from its pooled value by at most {max(abs(v - a) for v, a in pairs):.3f}; "
+                      f"on the other types the median over methods and types is "
+                      f"{float(np.median(others)):.3f}."]
     return "\n".join(lines)
 
 
@@ -857,7 +862,8 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                    "backbone's kernels), and the largest difference of its maps and scores from "
                    "eager, relative to the largest value. The kit runs eager: a run scores a test "
                    "split once, so the compile time is paid for every run."
-                   if any(r.get("compiled_ms") is not None for r in speed) else ""),
+                   if any(r.get("compiled_ms") is not None or r.get("compile_error")
+                          for r in speed) else ""),
                 "", speed_markdown(speed), ""]
     if backbones:
         out += ["## Backbones: throughput against FLOPs, and what the techniques give", "",

@@ -27,6 +27,7 @@ def toy_run(tmp_path_factory):
 
 def test_compiled_predict_matches_eager_and_is_timed_beside_it(toy_run):
     row = bench_methods.measure(toy_run, repeats=2, compile_=True)
+    assert "compile_error" not in row, row.get("compile_error")
     # the compiled predict gives the eager maps and scores (float32 reassociation aside)
     assert row["compiled_max_rel_diff"] < 1e-4
     assert row["compile_s"] > 0 and row["compiled_ms"] > 0
@@ -60,3 +61,11 @@ def test_a_method_that_does_not_compile_is_reported_not_fatal(toy_run, monkeypat
     text = report.speed_markdown([{**row, "method": "padim", "budget": "quick", "threads": 2,
                                    "created": "2026-12-06"}])
     assert text.splitlines()[-1].endswith(" failed: RuntimeError: unsupported operator |")
+
+
+def test_error_lines_say_what_failed_in_one_line():
+    assert bench_methods.error_line(RuntimeError("bad op\ntrace")) == "RuntimeError: bad op"
+    assert bench_methods.error_line(ValueError()) == "ValueError"  # no message: the type alone
+    inductor = RuntimeError("backend='inductor' raised:\nNotImplementedError: aten.foo\n  at x")
+    assert bench_methods.error_line(inductor) == (
+        "RuntimeError: backend='inductor' raised: NotImplementedError: aten.foo")

@@ -513,3 +513,5 @@ def test_by_defect_type_scores_each_type_against_the_normals():
     assert set(metrics.by_defect_type(scores, labels, types)["crack"]) == {"n", "image_auroc"}
     with pytest.raises(ValueError, match="defect types"):
         metrics.by_defect_type(scores, labels, types[:-1])
+    with pytest.raises(ValueError, match="12 scores but 11 maps"):
+        metrics.by_defect_type(scores, labels, types, maps[:-1], masks[:-1], include)

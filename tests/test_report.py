@@ -256,11 +256,19 @@ def test_defect_rows_average_seeds_and_the_markdown_names_the_largest_type():
     assert padim["types"]["uneven"]["aupro"] is None
     text = report.defect_markdown(types, rows)
     assert "| `padim` | 0.800 | 0.720 | 0.970 |" in text
-    assert "uneven (3 images, 75% of pixels)" in text
+    assert "uneven (3 images, 75% of defect pixels)" in text
     assert "`uneven` holds 75% of the defect pixels" in text
     # uneven 0.72 (both methods) against pooled 0.8; the others: 0.95 (cflow) and 0.97 (padim)
-    assert "(0.720-0.720 over the methods) lies within 0.080 of each method's pooled value" in text
-    assert "median method-and-type value is 0.960." in text
+    assert "pixel AUROC on it (0.720-0.720) differs from its pooled value by at most 0.080" in text
+    assert "the median over methods and types is 0.960." in text
+    # a type only another method's runs have still gets its column (None where missing)
+    records.append({**record("nf_bmr", 0, 0.8, 0.9), "created": "2026-12-09", "by_defect": {
+        "blowhole": {"n": 2, "pixel_share": 0.01, "pixel_auroc": 0.99}}})
+    types, rows = report.defect_rows(records, ["cflow", "nf_bmr", "padim"])
+    assert [t["name"] for t in types] == ["uneven", "crack", "blowhole"]
+    assert [r["method"] for r in rows] == ["cflow", "nf_bmr", "padim"]
+    assert rows[0]["types"]["blowhole"]["pixel_auroc"] is None
+    assert "| `nf_bmr` | 0.800 | - | - | 0.990 |" in report.defect_markdown(types, rows)
     assert report.defect_rows([], ["padim"]) == ([], [])
 
 
