@@ -11,6 +11,8 @@ at most 1.5x).
 
     .venv/bin/python benchmarks/bench_methods.py [--budget quick] [--repeats 10] [--methods ...]
     .venv/bin/python benchmarks/bench_methods.py --compile   # + predict under torch.compile
+    .venv/bin/python benchmarks/bench_methods.py --onnx      # + predict and the bare backbone
+                                                             #   as ONNX graphs in ONNX Runtime
     .venv/bin/python -m kit report --no-collect     # the report's speed table from the file
 
 Run it on a quiet machine; it records the load average before and after each method.
@@ -110,6 +112,36 @@ def compiled_predict(method, image: torch.Tensor, timeout_s: int = 0
     return compiled, seconds, diff
 
 
+def onnx_fns(method, image: torch.Tensor, backbone: str, layers, weights: str, threads: int,
+             folder: Path) -> tuple[dict[str, Any], dict]:
+    """``({"onnx": fn, "onnx_bare": fn}, facts)``: ``method.predict`` exported by
+    :func:`kit.deploy.export_onnx` and the bare backbone of :func:`bare_forward` exported the
+    same way, each run by ONNX Runtime with ``threads`` threads, so that the method's own
+    overhead is also a ratio inside one runtime. ``facts``: export seconds and the largest
+    difference to eager. :class:`kit.deploy.OnnxExportError` where the method does not export."""
+    import warnings
+
+    from kit.deploy import OnnxPredictor, export_onnx, max_rel_diff, session_options
+
+    start = time.perf_counter()
+    predictor = OnnxPredictor(export_onnx(method, folder / "method.onnx", example=image), threads)
+    export_s = time.perf_counter() - start
+    diff = max_rel_diff(method.predict(image), predictor.predict(image))
+    bare = FeatureExtractor(backbone, layers=(max(layers),), weights=weights).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter (kit.deploy)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # input checks become constants
+        torch.onnx.export(bare, (image,), str(folder / "bare.onnx"), dynamo=False,
+                          opset_version=18, input_names=["images"])
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(folder / "bare.onnx"), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    x = {"images": image.numpy()}
+    return ({"onnx": predictor.predict, "onnx_bare": lambda _: session.run(None, x)},
+            {"onnx_export_s": round(export_s, 1), "onnx_max_rel_diff": float(f"{diff:.2e}")})
+
+
 def error_line(err: BaseException, width: int = 200) -> str:
     """``Type: message`` in one line: the message's first line, and the next one too where the
     first only introduces it (inductor's "backend='inductor' raised:")."""
@@ -118,7 +150,8 @@ def error_line(err: BaseException, width: int = 200) -> str:
     return f"{type(err).__name__}: {text}".rstrip(": ")[:width]
 
 
-def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout_s: int = 0) -> dict:
+def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout_s: int = 0,
+            onnx: bool = False) -> dict:
     method = restore_method(run_dir, device="cpu")
     cfg = method.config
     run_config = json.loads((run_dir / "config.json").read_text())
@@ -136,12 +169,27 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
             extra = {"compile_error": error_line(err)}
         finally:
             torch._dynamo.reset()  # the next method compiles from a clean state, even after a timeout
+    if onnx:
+        folder = Path(tempfile.mkdtemp(prefix="kit-onnx-"))
+        try:
+            more, facts = onnx_fns(method, image, cfg.backbone, layers, cfg.weights,
+                                   torch.get_num_threads(), folder)
+            fns.update(more)
+            extra.update(facts)
+        except Exception as err:  # noqa: BLE001 - a method that does not export is a finding
+            extra["onnx_error"] = error_line(err)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)  # the sessions hold what they loaded
     load_before = os.getloadavg()[0]
     wall = interleaved(fns, image, repeats)
     med = {k: statistics.median(v) for k, v in wall.items()}
     if "compiled" in med:
         extra.update(compiled_ms=round(med["compiled"], 2),
                      compiled_speedup=round(med["method"] / med["compiled"], 3))
+    if "onnx" in med:
+        extra.update(onnx_ms=round(med["onnx"], 2), onnx_bare_ms=round(med["onnx_bare"], 2),
+                     onnx_speedup=round(med["method"] / med["onnx"], 3),
+                     onnx_ratio=round(med["onnx"] / med["onnx_bare"], 3))
     return {"backbone": cfg.backbone, "image_size": cfg.image_size, "deepest_stage": max(layers),
             "bare_ms": round(med["backbone"], 2), "method_ms": round(med["method"], 2),
             "ratio": round(med["method"] / med["backbone"], 3), **extra,
@@ -160,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                              "of compiling per method)")
     parser.add_argument("--compile-timeout", type=int, default=300,
                         help="seconds a method's compile may take before it counts as failed")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also time each method's predict and its bare backbone exported "
+                             "to ONNX and run by ONNX Runtime (seconds per method)")
     parser.add_argument("--out", default=str(SPEED_FILE))
     args = parser.parse_args(argv)
 
@@ -175,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         row = {"method": name, "budget": args.budget, "run": runs[name]["run"],
                **measure(default_runs_root(args.runs_root) / runs[name]["run"], args.repeats,
-                         args.compile, args.compile_timeout),
+                         args.compile, args.compile_timeout, args.onnx),
                "threads": torch.get_num_threads(), "batch": 1, "repeats": args.repeats,
                "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         print(f"{name:<10} {row['backbone']:<24} {row['image_size']:>4} px  bare {row['bare_ms']:8.1f} ms"
@@ -183,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
               f" -> {row['load_after']:.2f})"
               + (f"  compiled {row['compiled_ms']:.1f} ms (x{row['compiled_speedup']:.2f} faster, "
                  f"{row['compile_s']:.0f} s to compile)" if "compiled_ms" in row else "")
-              + (f"  compile failed: {row['compile_error']}" if "compile_error" in row else ""))
+              + (f"  compile failed: {row['compile_error']}" if "compile_error" in row else "")
+              + (f"  ONNX Runtime {row['onnx_ms']:.1f} ms (x{row['onnx_speedup']:.2f} faster; bare "
+                 f"{row['onnx_bare_ms']:.1f} ms, x{row['onnx_ratio']:.2f})" if "onnx_ms" in row else "")
+              + (f"  ONNX failed: {row['onnx_error']}" if "onnx_error" in row else ""))
         rows.append(row)
         # after every method, so an interrupted benchmark keeps what it measured
         measured = {(r["budget"], r["method"]) for r in rows}  # other methods' rows are kept

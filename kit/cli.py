@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-root", default=None, help="where the data lives now, if it moved")
     ev.add_argument("--quiet", action="store_true")
 
+    ox = sub.add_parser("onnx", help="export a run's fitted model to <run>/model.onnx for ONNX "
+                                     "Runtime, check it against PyTorch and time both")
+    ox.add_argument("run_dir")
+    ox.add_argument("--check", type=int, default=8, metavar="N",
+                    help="test images scored by both to compare and time (default 8)")
+    ox.add_argument("--threads", type=int, default=2)
+    ox.add_argument("--quiet", action="store_true")
+
     ls = sub.add_parser("list", help="list the runs under a folder with their metrics")
     ls.add_argument("runs_root", nargs="?", default=None)
 
@@ -161,6 +169,29 @@ def cmd_eval(args) -> int:
         if isinstance(a, float) and isinstance(b, float):
             worst = max(worst, abs(a - b))
     print(f"largest difference: {worst:.2e}")
+    return 0
+
+
+def cmd_onnx(args) -> int:
+    from kit.deploy import OnnxExportError, export_run
+    from kit.runstore import load_run
+
+    load_run(args.run_dir)  # a clear error for a folder that is not a complete run
+    try:
+        check = export_run(args.run_dir, n_check=args.check, threads=args.threads,
+                           progress=not args.quiet)
+    except OnnxExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    run = Path(args.run_dir)
+    print(f"wrote {run / check['model']} ({check['method']}, {check['image_size']} px, batch "
+          f"{check['batch']}, {check['export_s']:.1f} s to export)")
+    if check["images"]:
+        print(f"{check['images']} test images: largest difference to PyTorch "
+              f"{check['max_rel_diff']:.1e} of each output's range; batch 1, {check['threads']} "
+              f"threads: PyTorch {check['eager_ms_median']:.1f} ms, ONNX Runtime "
+              f"{check['onnx_ms_median']:.1f} ms per image")
+    print(f"score with: kit.deploy.OnnxPredictor('{run / check['model']}').predict(images)")
     return 0
 
 
@@ -299,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     from kit.runstore import RunError
 
     args = build_parser().parse_args(argv)
-    commands = {"fit": cmd_fit, "eval": cmd_eval, "list": cmd_list, "info": cmd_info,
+    commands = {"fit": cmd_fit, "eval": cmd_eval, "onnx": cmd_onnx, "list": cmd_list, "info": cmd_info,
                 "demo": cmd_demo, "ablation": cmd_ablation,
                 "bench": cmd_bench, "report": cmd_report}
     default_format, warnings.formatwarning = warnings.formatwarning, _format_warning

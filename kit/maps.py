@@ -27,7 +27,7 @@ def selected_positions_first(features: list[torch.Tensor], channel_idx: torch.Te
     small matrix products per layer (bilinear upsampling is separable) that write the
     positions-first layout directly.
     """
-    h0, w0 = features[0].shape[-2:]
+    h0, w0 = (int(n) for n in features[0].shape[-2:])  # ints: see _build
     b = features[0].shape[0]
     idx, order = channel_idx.sort()
     parts, start = [], 0
@@ -38,7 +38,7 @@ def selected_positions_first(features: list[torch.Tensor], channel_idx: torch.Te
         if not local.numel():
             continue
         s = f.index_select(1, local.to(f.device))  # [B, c', h, w]
-        h, w = s.shape[-2:]
+        h, w = (int(n) for n in s.shape[-2:])
         if (h, w) == (h0, w0):
             parts.append(s.permute(2, 3, 0, 1).reshape(h0 * w0, b, -1))
             continue
@@ -65,7 +65,11 @@ def _blur_radius(sigma: float, height: int, width: int) -> int:
 def _build(fn, *args):
     """``fn(*args)`` as a normal tensor even inside ``torch.inference_mode`` (PaDiM's predict):
     the cached operators below are reused by DifferNet's gradient maps, and an inference
-    tensor cannot take part in autograd."""
+    tensor cannot take part in autograd.
+
+    Their sizes are passed as ints, also from a traced shape (an ONNX export), so that an
+    export after one eager call finds them in the cache and records each as a constant, not
+    the float64 operations that built it (ONNX Runtime has no float64 Resize)."""
     with torch.inference_mode(False), torch.no_grad():
         return fn(*args)
 
@@ -115,7 +119,7 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     if sigma <= 0:
         return maps
-    h, w = maps.shape[-2:]
+    h, w = (int(n) for n in maps.shape[-2:])  # ints: see _build
     radius = _blur_radius(sigma, h, w)
     if max(h, w) <= _DENSE_BLUR_MAX and maps.dtype in (torch.float32, torch.float64):
         ky = _blur_matrix(h, radius, float(sigma), maps.dtype, maps.device)
@@ -141,7 +145,7 @@ def upsample_blur(maps: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     an interpolation and two convolutions over the 256 x 256 map. ``[B, h, w]`` -> ``[B, size, size]``."""
     if maps.dtype not in (torch.float32, torch.float64):
         return gaussian_blur(upsample(maps, size), sigma)
-    h, w = maps.shape[-2:]
+    h, w, size = (int(n) for n in (*maps.shape[-2:], size))  # ints: see _build
     radius = _blur_radius(sigma, size, size) if sigma > 0 else 0
     ah = _upsample_blur_matrix(h, size, radius, float(sigma), maps.dtype, maps.device)
     aw = ah if w == h else _upsample_blur_matrix(w, size, radius, float(sigma), maps.dtype, maps.device)
@@ -159,10 +163,14 @@ def median_filter(maps: torch.Tensor, size: int = 5) -> torch.Tensor:
     """``size x size`` median of ``[B, H, W]`` maps, reflect padding (``size`` odd). The lower
     of the two middle values never arises: an odd window has one middle value."""
     r = size // 2
-    b, h, w = maps.shape
-    x = F.pad(maps[:, None], (r, r, r, r), mode="reflect")
-    windows = x.unfold(2, size, 1).unfold(3, size, 1)  # [B, 1, H, W, size, size]
-    return windows.reshape(b, h, w, size * size).median(dim=-1).values
+    h, w = maps.shape[-2:]
+    x = F.pad(maps[:, None], (r, r, r, r), mode="reflect")[:, 0]
+    # the windows as shifted views, in Tensor.unfold's order (rows, then columns); slices,
+    # unlike unfold, export to ONNX
+    windows = torch.stack([x[:, i:i + h, j:j + w] for i in range(size) for j in range(size)], -1)
+    if torch.jit.is_tracing():  # ONNX has no median; the middle of the smallest half is it
+        return windows.topk(size * size // 2 + 1, dim=-1, largest=False).values[..., -1]
+    return windows.median(dim=-1).values  # [B, H, W, size * size] -> [B, H, W]
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5, radius: int = 5) -> torch.Tensor:

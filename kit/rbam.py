@@ -31,8 +31,19 @@ from torch import nn
 
 
 def _patches(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``[B, C, H, W]`` (H, W multiples of ``k``) -> ``[B, C k k, N]`` non-overlapping patches."""
-    return F.unfold(x, kernel_size=k, stride=k)
+    """``[B, C, H, W]`` (H, W multiples of ``k``) -> ``[B, C k k, N]`` non-overlapping patches,
+    as ``F.unfold(x, k, stride=k)`` lays them out. A reshape, not unfold, as is
+    :func:`_unpatches`: the same values, and fold has no ONNX export."""
+    b, c, h, w = x.shape
+    blocks = x.reshape(b, c, h // k, k, w // k, k).permute(0, 1, 3, 5, 2, 4)  # [B, C, k, k, H/k, W/k]
+    return blocks.reshape(b, c * k * k, (h // k) * (w // k))
+
+
+def _unpatches(p: torch.Tensor, k: int, h: int, w: int) -> torch.Tensor:
+    """The inverse of :func:`_patches`: ``[B, C k k, N]`` -> ``[B, C, h, w]``."""
+    b = p.shape[0]
+    blocks = p.reshape(b, -1, k, k, h // k, w // k).permute(0, 1, 4, 2, 5, 3)  # [B, C, H/k, k, W/k, k]
+    return blocks.reshape(b, -1, h, w)
 
 
 def reference_repair(features: torch.Tensor, reference: torch.Tensor, k: int,
@@ -53,7 +64,7 @@ def reference_repair(features: torch.Tensor, reference: torch.Tensor, k: int,
     sim = F.normalize(p, dim=1).transpose(1, 2) @ F.normalize(ref, dim=0)  # [B, N, N_ref]
     weights = torch.softmax(scale * sim, dim=-1)
     repaired = ref @ weights.transpose(1, 2)  # [B, D, N]
-    out = F.fold(repaired, output_size=features.shape[-2:], kernel_size=k, stride=k)
+    out = _unpatches(repaired, k, h + ph, w + pw)
     return out[..., :h, :w]
 
 

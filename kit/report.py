@@ -687,6 +687,11 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
         lines[0] += (" torch.compile ms (faster by; compile s; images to pay it back; largest rel. "
                      "difference) |")
         lines[1] += "---|"
+    exported = [r for r in speed if r.get("onnx_ms") is not None or r.get("onnx_error")]
+    if exported:
+        lines[0] += (" ONNX Runtime ms (faster by; its bare backbone ms, ratio; largest rel. "
+                     "difference) |")
+        lines[1] += "---|"
     for r in sorted(speed, key=lambda r: (r["budget"] != "quick", r["budget"], r["method"])):
         line = (f"| `{r['method']}` | {r['budget']} | {r['backbone']}, {r['image_size']} px | "
                 f"{r['bare_ms']:.1f} | {r['method_ms']:.1f} | x{r['ratio']:.2f} | "
@@ -698,6 +703,11 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
             line += (f" {r['compiled_ms']:.1f} (x{r['compiled_speedup']:.2f}; {r['compile_s']:.0f} s;"
                      f" {payback}; {r['compiled_max_rel_diff']:.0e}) |" if r.get("compiled_ms") is not None
                      else f" failed: {r['compile_error']} |" if r.get("compile_error") else " - |")
+        if exported:
+            line += (f" {r['onnx_ms']:.1f} (x{r['onnx_speedup']:.2f}; {r['onnx_bare_ms']:.1f}, "
+                     f"x{r['onnx_ratio']:.2f}; {r['onnx_max_rel_diff']:.0e}) |"
+                     if r.get("onnx_ms") is not None
+                     else f" failed: {r['onnx_error']} |" if r.get("onnx_error") else " - |")
         lines.append(line)
     return "\n".join(lines)
 
@@ -863,7 +873,17 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                    "eager, relative to the largest value. The kit runs eager: a run scores a test "
                    "split once, so the compile time is paid for every run."
                    if any(r.get("compiled_ms") is not None or r.get("compile_error")
-                          for r in speed) else ""),
+                          for r in speed) else "")
+                + (" With `--onnx`, `predict` exported by `python -m kit onnx`'s exporter "
+                   "(`kit.deploy`) and the bare backbone exported the same way, each run by ONNX "
+                   "Runtime with the same threads: the method's speed-up over eager, the bare "
+                   "backbone in ONNX Runtime and the method's ratio to it (its overhead inside "
+                   "that runtime), and the largest difference from eager. The kit fits and "
+                   "scores runs in PyTorch, whose runs the report's metrics come from; ONNX "
+                   "Runtime is its deployment path (`python -m kit onnx RUN`, then "
+                   "`kit.deploy.OnnxPredictor`)."
+                   if any(r.get("onnx_ms") is not None or r.get("onnx_error") for r in speed)
+                   else ""),
                 "", speed_markdown(speed), ""]
     if backbones:
         out += ["## Backbones: throughput against FLOPs, and what the techniques give", "",

@@ -69,3 +69,25 @@ def test_error_lines_say_what_failed_in_one_line():
     inductor = RuntimeError("backend='inductor' raised:\nNotImplementedError: aten.foo\n  at x")
     assert bench_methods.error_line(inductor) == (
         "RuntimeError: backend='inductor' raised: NotImplementedError: aten.foo")
+
+
+def test_onnx_runtime_is_timed_beside_eager_with_its_own_bare_backbone(toy_run, monkeypatch):
+    row = bench_methods.measure(toy_run, repeats=2, onnx=True)
+    assert "onnx_error" not in row, row.get("onnx_error")
+    assert row["onnx_max_rel_diff"] < 1e-4 and row["onnx_export_s"] > 0
+    assert row["onnx_speedup"] == pytest.approx(row["method_ms"] / row["onnx_ms"], rel=0.01)
+    assert row["onnx_ratio"] == pytest.approx(row["onnx_ms"] / row["onnx_bare_ms"], rel=0.01)
+    text = report.speed_markdown([{**row, "method": "padim", "budget": "quick", "threads": 2,
+                                   "created": "2026-12-06"}])
+    assert "ONNX Runtime ms" in text.splitlines()[0] and "torch.compile" not in text
+    assert text.splitlines()[-1].endswith(
+        f"{row['onnx_ms']:.1f} (x{row['onnx_speedup']:.2f}; {row['onnx_bare_ms']:.1f}, "
+        f"x{row['onnx_ratio']:.2f}; {row['onnx_max_rel_diff']:.0e}) |")
+
+    def refuse(*args, **kwargs):
+        raise bench_methods.torch.onnx.errors.UnsupportedOperatorError("aten::foo\ntrace")
+
+    monkeypatch.setattr(bench_methods.torch.onnx, "export", refuse)
+    failed = bench_methods.measure(toy_run, repeats=1, onnx=True)
+    assert failed["onnx_error"].startswith("OnnxExportError: Padim does not export to ONNX")
+    assert "onnx_ms" not in failed and failed["method_ms"] > 0

@@ -98,6 +98,22 @@ def test_rbfrm_rebuilds_every_patch_from_the_reference():
     assert (out_p >= lo[None, :, None] - 1e-5).all() and (out_p <= hi[None, :, None] + 1e-5).all()
 
 
+def test_patches_are_unfolds_layout_and_unpatches_its_inverse():
+    """RBFRM cuts patches by reshaping (fold has no ONNX export): unfold's values and order."""
+    from kit.rbam import _patches, _unpatches
+
+    x = torch.randn(2, 3, 8, 12)
+    for k in (1, 2, 4):
+        assert torch.equal(_patches(x, k), F.unfold(x, k, stride=k))
+        assert torch.equal(_unpatches(_patches(x, k), k, 8, 12), x)
+
+
+def test_the_median_filter_under_onnx_tracing_is_the_median():
+    x = torch.randn(2, 9, 11)
+    traced = torch.jit.trace(lambda m: median_filter(m, 5), (x,), check_trace=False)
+    assert torch.equal(traced(x), median_filter(x, 5))  # the top-k form, traced
+
+
 def test_rbfrm_pads_sides_that_k_does_not_divide():
     ref = torch.randn(1, 4, 6, 5)
     out = reference_repair(torch.randn(2, 4, 6, 5), ref, 4)

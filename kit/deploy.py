@@ -1,0 +1,243 @@
+"""A fitted method as one ONNX graph, scored by ONNX Runtime: the kit's deployment path.
+
+    python -m kit onnx runs/cflow-default-quick-s0-c7cce437     # -> <run>/model.onnx, checked
+
+``export_onnx`` traces ``method.predict`` at one input size and batch (the backbone, the
+method's model and its post-processing: upsampling, blur, filters) into ``model.onnx``;
+``OnnxPredictor`` runs that file with ONNX Runtime and returns the same :class:`Prediction`
+as the method, so a machine with only ``onnxruntime`` and NumPy can score images. On this
+kit's CPU runs the graph scores several times faster than eager PyTorch (the speed report's
+ONNX column, ``benchmarks/bench_methods.py --onnx``), to float rounding (about 1e-6 of each
+map's range).
+
+Why the TorchScript tracer (``torch.onnx.export(dynamo=False)``), deprecated since PyTorch
+2.9: the newer ``torch.export`` path refuses every method here at the input checks of
+``predict`` (a data-dependent ``if``), which the tracer records as the branch taken. For the
+same reason the graph is fixed to the traced size and batch; :class:`OnnxPredictor` cuts a
+larger batch into pieces and pads the last one with copies of its last image, which changes
+no score because every method scores each image independently of its batch (tested).
+
+DifferNet does not export: its maps are gradients of the flow's likelihood with respect to
+the input, which ONNX has no operator for. ``export_onnx`` says so in its error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kit.method import AnomalyMethod, Prediction
+
+MODEL_FILE = "model.onnx"  # in the run folder, written by `python -m kit onnx`
+CHECK_FILE = "onnx.json"  # beside it: the export's check against eager PyTorch
+OPSET = 18  # ONNX Runtime 1.16 and newer
+
+
+class OnnxExportError(RuntimeError):
+    """The method's ``predict`` cannot be written as an ONNX graph."""
+
+
+def output_names(pred: Prediction) -> list[str]:
+    """The graph's outputs, in order: ``image_scores``, ``anomaly_maps``, then ``map.<name>``
+    and ``score.<name>`` per named map and score (sorted), then ``reconstructions``."""
+    return (["image_scores", "anomaly_maps"] + [f"map.{k}" for k in sorted(pred.named_maps)]
+            + [f"score.{k}" for k in sorted(pred.named_scores)]
+            + (["reconstructions"] if pred.reconstructions is not None else []))
+
+
+def _flatten(pred: Prediction, names: list[str]) -> tuple[torch.Tensor, ...]:
+    parts = {"image_scores": pred.image_scores, "anomaly_maps": pred.anomaly_maps,
+             "reconstructions": pred.reconstructions,
+             **{f"map.{k}": v for k, v in pred.named_maps.items()},
+             **{f"score.{k}": v for k, v in pred.named_scores.items()}}
+    return tuple(parts[n] for n in names)
+
+
+def prediction_from(outputs: dict[str, Any]) -> Prediction:
+    """The :class:`Prediction` of ``{output name: array or tensor}`` (:func:`output_names`)."""
+    t = {k: torch.as_tensor(v) for k, v in outputs.items()}
+    return Prediction(image_scores=t["image_scores"], anomaly_maps=t["anomaly_maps"],
+                      named_maps={k[4:]: v for k, v in t.items() if k.startswith("map.")},
+                      named_scores={k[6:]: v for k, v in t.items() if k.startswith("score.")},
+                      reconstructions=t.get("reconstructions"))
+
+
+class _Traced(nn.Module):
+    """``method.predict`` as a module (the tracer needs one), its outputs flattened."""
+
+    def __init__(self, method: AnomalyMethod, names: list[str]):
+        super().__init__()
+        self.method, self.names = method, names
+        self.parts = nn.ModuleList(method.modules())  # registered, so the tracer sees the weights
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return _flatten(self.method.predict(images), self.names)
+
+
+def export_onnx(method: AnomalyMethod, path: Path | str, batch: int = 1,
+                example: torch.Tensor | None = None) -> Path:
+    """Write ``method.predict`` for float images ``[batch, 3, S, S]`` in [0, 1] (S the config's
+    ``image_size``) as an ONNX graph at ``path``; returns the path. ``example`` (that shape;
+    default mid-grey) is the image the tracer runs: any image gives the same graph. The method
+    must be fitted and on the CPU. :class:`OnnxExportError` where ``predict`` cannot be traced."""
+    s = method.config.image_size
+    if example is None:
+        example = torch.full((batch, 3, s, s), 0.5)
+    if tuple(example.shape) != (batch, 3, s, s):
+        raise ValueError(f"example must be [{batch}, 3, {s}, {s}], got {list(example.shape)}")
+    for module in method.modules():
+        module.eval()
+    # one eager call first: the cached upsampling and blur operators (kit.maps) then enter
+    # the graph as constants, not as the float64 operations that build them
+    names = output_names(method.predict(example))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    name = type(method).__name__
+    try:
+        with warnings.catch_warnings():
+            # the tracer's notes that each shape check and `if` of predict becomes a constant:
+            # the fixed size and batch this graph is made for (module docstring)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", "Constant folding", UserWarning)  # only a missed optimisation
+            torch.onnx.export(_Traced(method, names).eval(), (example,), str(tmp), dynamo=False,
+                              opset_version=OPSET, input_names=["images"], output_names=names)
+    except Exception as err:  # noqa: BLE001 - re-raised with the method's name and the cause
+        tmp.unlink(missing_ok=True)
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        hint = (" (its maps are gradients of the flow's likelihood, which ONNX cannot express)"
+                if "requires grad" in first else "")
+        raise OnnxExportError(f"{name} does not export to ONNX{hint}: "
+                              f"{type(err).__name__}: {first}") from err
+    _annotate(tmp, {"kit.method": getattr(method, "name", name), "kit.image_size": str(s),
+                    "kit.batch": str(batch)})
+    tmp.replace(path)
+    return path
+
+
+def _annotate(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+
+
+def session_options(threads: int | None = None):
+    """ONNX Runtime session options: ``threads`` intra-op threads (None: its choice), and no
+    spin-waiting after a run, whose busy threads would take the CPU from whatever runs next
+    (on a 2-core laptop, the caller's own PyTorch)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class OnnxPredictor:
+    """A ``model.onnx`` of :func:`export_onnx` run by ONNX Runtime on the CPU, with ``threads``
+    intra-op threads (None: ONNX Runtime's choice). ``predict(images [B, 3, S, S] in [0, 1])``
+    returns a :class:`Prediction` like the method's, for any ``B``."""
+
+    def __init__(self, path: Path | str, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeError("ONNX Runtime is not installed: pip install onnxruntime "
+                               "(make setup installs it)") from None
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such ONNX model (python -m kit onnx RUN writes one)")
+        options = session_options(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as err:  # noqa: BLE001 - a damaged or foreign file
+            raise ValueError(f"{self.path}: not a model ONNX Runtime can load "
+                             f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "kit.image_size" not in meta:
+            raise ValueError(f"{self.path}: not written by kit's export_onnx (no kit.image_size)")
+        self.method = meta.get("kit.method", "?")
+        self.image_size, self.batch = int(meta["kit.image_size"]), int(meta["kit.batch"])
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        s = self.image_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, s, s):
+            raise ValueError(f"{self.path.name}: images must be [B, 3, {s}, {s}] "
+                             f"(the exported size), got {list(images.shape)}")
+        x = images.detach().float().cpu().numpy()
+        pieces: list[list[np.ndarray]] = []
+        for first in range(0, len(x), self.batch):
+            chunk = x[first:first + self.batch]
+            pad = self.batch - len(chunk)
+            if pad:  # copies of the last image: each image is scored on its own
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            out = self.session.run(None, {"images": chunk})
+            pieces.append([o[:len(chunk) - pad] for o in out])
+        if not pieces:
+            raise ValueError(f"{self.path.name}: no images")
+        return prediction_from({n: np.concatenate([p[i] for p in pieces])
+                                for i, n in enumerate(self.names)})
+
+
+def max_rel_diff(a: Prediction, b: Prediction) -> float:
+    """The largest absolute difference between two predictions' outputs, each relative to the
+    largest absolute value of that output in ``a``."""
+    names = output_names(a)
+    return max(float((x.float() - y.float()).abs().max() / x.float().abs().max().clamp_min(1e-12))
+               for x, y in zip(_flatten(a, names), _flatten(b, names)))
+
+
+def export_run(run_dir: Path | str, n_check: int = 8, threads: int = 2,
+               progress: bool = True) -> dict[str, Any]:
+    """``python -m kit onnx``: export a run's fitted model to ``<run>/model.onnx``, then score
+    ``n_check`` of its test images (spread over the split) with both and time each at batch 1.
+    Writes and returns the check (``<run>/onnx.json``)."""
+    from kit.data import ImageSet, find_category
+    from kit.pipeline import restore_method
+
+    run_dir = Path(run_dir)
+    method = restore_method(run_dir, device="cpu")
+    config = json.loads((run_dir / "config.json").read_text())
+    cat = find_category(config["data_root"], config["category"])
+    step = max(1, len(cat.test) // max(1, n_check))
+    samples = cat.test[::step][:n_check]
+    images = ImageSet(samples, method.config.image_size).tensor(progress=progress).float() / 255.0
+    start = time.perf_counter()
+    path = export_onnx(method, run_dir / MODEL_FILE)
+    export_s = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    predictor = OnnxPredictor(path, threads=threads)
+    eager_ms, onnx_ms, worst = [], [], 0.0
+    for image in images:
+        one = image[None]
+        t0 = time.perf_counter()
+        eager = method.predict(one)
+        t1 = time.perf_counter()
+        fast = predictor.predict(one)
+        onnx_ms.append(1000 * (time.perf_counter() - t1))
+        eager_ms.append(1000 * (t1 - t0))
+        worst = max(worst, max_rel_diff(eager, fast))
+    check = {"model": MODEL_FILE, "method": predictor.method, "image_size": predictor.image_size,
+             "batch": predictor.batch, "export_s": round(export_s, 2), "images": len(samples),
+             "max_rel_diff": float(f"{worst:.2e}"), "threads": threads,
+             "eager_ms_median": round(float(np.median(eager_ms)), 2) if eager_ms else None,
+             "onnx_ms_median": round(float(np.median(onnx_ms)), 2) if onnx_ms else None,
+             "opset": OPSET, "torch": torch.__version__,
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (run_dir / CHECK_FILE).write_text(json.dumps(check, indent=1) + "\n")
+    return check

@@ -1,0 +1,103 @@
+"""kit.deploy and `python -m kit onnx`: every registered method exported to ONNX and scored by
+ONNX Runtime like PyTorch scores it (DifferNet refused with its reason), and bad model files
+refused with a clear error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fixtures_runs import tiny_overrides
+from kit import deploy
+from kit.cli import main
+from kit.data import ImageSet, find_category
+from kit.method import FitContext, load_methods, make_method
+from kit.pipeline import run_experiment
+
+NOT_EXPORTABLE = {"differnet": "gradients"}  # method -> what its refusal names
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("name", sorted(load_methods()))
+def test_the_onnx_command_exports_every_method_as_pytorch_scores_it(name, toy_root, tmp_path, capsys):
+    """``python -m kit onnx RUN`` on a tiny run of each registered method: the graph gives every
+    output of ``predict`` (primary, named maps and scores, reconstructions) to float rounding,
+    and the scores the run recorded for all its test images. DifferNet is refused, with why."""
+    run = run_experiment(name, toy_root, "toy", tmp_path / name, overrides=tiny_overrides(name),
+                         progress=False)
+    capsys.readouterr()
+    if name in NOT_EXPORTABLE:
+        assert main(["onnx", str(run), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "does not export to ONNX" in err and NOT_EXPORTABLE[name] in err
+        assert not list(run.glob("*.onnx*")), "a failed export left a file"
+        return
+    assert main(["onnx", str(run), "--check", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    check = json.loads((run / deploy.CHECK_FILE).read_text())
+    assert f"wrote {run / deploy.MODEL_FILE}" in out and check["method"] == name
+    # float32 reassociation in another runtime: about 1e-6 of each output's range
+    assert check["images"] == 3 and check["max_rel_diff"] < 1e-4
+    assert check["eager_ms_median"] > 0 and check["onnx_ms_median"] > 0
+    assert f"{check['onnx_ms_median']:.1f} ms per image" in out
+    recorded = pd.read_csv(run / "scores.csv")
+    images = ImageSet(find_category(toy_root, "toy").test, 64).tensor().float() / 255.0
+    fast = deploy.OnnxPredictor(run / deploy.MODEL_FILE).predict(images)
+    np.testing.assert_allclose(fast.image_scores.numpy(), recorded["score"].to_numpy(), rtol=1e-4,
+                               atol=1e-4 * float(np.abs(recorded["score"]).max()))
+
+
+def test_every_method_that_exports_is_listed_as_exporting():
+    assert set(NOT_EXPORTABLE) <= set(load_methods())
+
+
+def test_a_graph_of_batch_two_scores_any_number_of_images(toy_root, tmp_path):
+    """Three images through a batch-2 graph (the last piece padded with a copy): each image's
+    outputs as eager PyTorch gives them, with every named map of CLS-CNFs."""
+    cat = find_category(toy_root, "toy")
+    method = make_method("cls_cnfs", "quick", **tiny_overrides("cls_cnfs"))
+    method.fit(ImageSet(cat.train, 64), FitContext(progress=False))
+    images = ImageSet(cat.test, 64).tensor()[[0, 1, -1]].float() / 255.0
+    predictor = deploy.OnnxPredictor(deploy.export_onnx(method, tmp_path / "m.onnx", batch=2))
+    assert (predictor.method, predictor.image_size, predictor.batch) == ("cls_cnfs", 64, 2)
+    eager, fast = method.predict(images), predictor.predict(images)
+    assert deploy.output_names(fast) == deploy.output_names(eager)
+    assert any(n.startswith("map.") for n in deploy.output_names(fast))
+    assert deploy.max_rel_diff(eager, fast) < 1e-4
+    assert deploy.max_rel_diff(method.predict(images[2:]), predictor.predict(images[2:])) < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the foreign model's legacy export
+def test_the_predictor_refuses_wrong_sizes_and_files_not_written_by_the_kit(toy_root, tmp_path):
+    cat = find_category(toy_root, "toy")
+    method = make_method("padim", "quick", **tiny_overrides("padim"))
+    method.fit(ImageSet(cat.train, 64), FitContext(progress=False))
+    predictor = deploy.OnnxPredictor(deploy.export_onnx(method, tmp_path / "m.onnx"))
+    with pytest.raises(ValueError, match=r"\[B, 3, 64, 64\]"):
+        predictor.predict(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="no images"):
+        predictor.predict(torch.rand(0, 3, 64, 64))
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="garbage.onnx: not a model"):
+        deploy.OnnxPredictor(garbage)
+    foreign = tmp_path / "foreign.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 1, 1), (torch.rand(1, 3, 8, 8),), str(foreign),
+                      dynamo=False, input_names=["images"])
+    with pytest.raises(ValueError, match="not written by kit"):
+        deploy.OnnxPredictor(foreign)
+    with pytest.raises(FileNotFoundError, match="python -m kit onnx"):
+        deploy.OnnxPredictor(tmp_path / "missing.onnx")
+
+
+def test_the_onnx_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["onnx", str(tmp_path / "nowhere"), "--quiet"]) == 2  # one clear line
+    assert "nowhere" in capsys.readouterr().err
