@@ -121,7 +121,7 @@ def onnx_fns(method, image: torch.Tensor, backbone: str, layers, weights: str, t
     difference to eager. :class:`kit.deploy.OnnxExportError` where the method does not export."""
     import warnings
 
-    from kit.deploy import OnnxPredictor, export_onnx, max_rel_diff, session_options
+    from kit.deploy import OPSET, OnnxPredictor, export_onnx, max_rel_diff, session_options
 
     start = time.perf_counter()
     predictor = OnnxPredictor(export_onnx(method, folder / "method.onnx", example=image), threads)
@@ -132,7 +132,7 @@ def onnx_fns(method, image: torch.Tensor, backbone: str, layers, weights: str, t
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter (kit.deploy)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # input checks become constants
         torch.onnx.export(bare, (image,), str(folder / "bare.onnx"), dynamo=False,
-                          opset_version=18, input_names=["images"])
+                          opset_version=OPSET, input_names=["images"])
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(folder / "bare.onnx"), session_options(threads),

@@ -16,6 +16,17 @@ from pathlib import Path
 from kit.paths import DEFAULT_CATEGORY, default_data_root, default_runs_root
 
 
+def _positive(text: str) -> int:
+    """An integer of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 def _parse_override(text: str) -> tuple[str, object]:
     """``--set`` / ``--tag`` values: ``key=value`` as :func:`kit.method.parse_setting` reads it."""
     from kit.method import ConfigError, parse_setting
@@ -60,9 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     ox = sub.add_parser("onnx", help="export a run's fitted model to <run>/model.onnx for ONNX "
                                      "Runtime, check it against PyTorch and time both")
     ox.add_argument("run_dir")
-    ox.add_argument("--check", type=int, default=8, metavar="N",
+    ox.add_argument("--check", type=_positive, default=8, metavar="N",
                     help="test images scored by both to compare and time (default 8)")
-    ox.add_argument("--threads", type=int, default=2)
+    ox.add_argument("--batch", type=_positive, default=1,
+                    help="images per call of the graph (default 1; larger batches are cut or padded)")
+    ox.add_argument("--threads", type=_positive, default=2)
+    ox.add_argument("--data-root", default=None, help="where the run's data lives now, if it moved")
     ox.add_argument("--quiet", action="store_true")
 
     ls = sub.add_parser("list", help="list the runs under a folder with their metrics")
@@ -173,24 +187,24 @@ def cmd_eval(args) -> int:
 
 
 def cmd_onnx(args) -> int:
-    from kit.deploy import OnnxExportError, export_run
+    from kit.deploy import DeployError, export_run
     from kit.runstore import load_run
 
     load_run(args.run_dir)  # a clear error for a folder that is not a complete run
     try:
-        check = export_run(args.run_dir, n_check=args.check, threads=args.threads,
+        check = export_run(args.run_dir, n_check=args.check, batch=args.batch,
+                           threads=args.threads, data_root=args.data_root,
                            progress=not args.quiet)
-    except OnnxExportError as err:
+    except DeployError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     run = Path(args.run_dir)
     print(f"wrote {run / check['model']} ({check['method']}, {check['image_size']} px, batch "
           f"{check['batch']}, {check['export_s']:.1f} s to export)")
-    if check["images"]:
-        print(f"{check['images']} test images: largest difference to PyTorch "
-              f"{check['max_rel_diff']:.1e} of each output's range; batch 1, {check['threads']} "
-              f"threads: PyTorch {check['eager_ms_median']:.1f} ms, ONNX Runtime "
-              f"{check['onnx_ms_median']:.1f} ms per image")
+    print(f"checked on {check['images']} test images: largest difference to PyTorch "
+          f"{check['max_rel_diff']:.1e} of each output's range; {check['threads']} threads: "
+          f"PyTorch {check['eager_ms_per_image']:.1f} ms, ONNX Runtime "
+          f"{check['onnx_ms_per_image']:.1f} ms per image")
     print(f"score with: kit.deploy.OnnxPredictor('{run / check['model']}').predict(images)")
     return 0
 

@@ -5,17 +5,18 @@
 ``export_onnx`` traces ``method.predict`` at one input size and batch (the backbone, the
 method's model and its post-processing: upsampling, blur, filters) into ``model.onnx``;
 ``OnnxPredictor`` runs that file with ONNX Runtime and returns the same :class:`Prediction`
-as the method, so a machine with only ``onnxruntime`` and NumPy can score images. On this
-kit's CPU runs the graph scores several times faster than eager PyTorch (the speed report's
-ONNX column, ``benchmarks/bench_methods.py --onnx``), to float rounding (about 1e-6 of each
-map's range).
+as the method, so a machine with only ``onnxruntime`` and NumPy can score images. How much
+faster than eager PyTorch it is, per method, is the speed report's ONNX column
+(``benchmarks/bench_methods.py --onnx``); its outputs agree with PyTorch's to float rounding,
+and ``python -m kit onnx`` keeps no graph that differs by more than :data:`MAX_REL_DIFF`.
 
 Why the TorchScript tracer (``torch.onnx.export(dynamo=False)``), deprecated since PyTorch
-2.9: the newer ``torch.export`` path refuses every method here at the input checks of
-``predict`` (a data-dependent ``if``), which the tracer records as the branch taken. For the
-same reason the graph is fixed to the traced size and batch; :class:`OnnxPredictor` cuts a
-larger batch into pieces and pads the last one with copies of its last image, which changes
-no score because every method scores each image independently of its batch (tested).
+2.9: the newer ``torch.export`` path refused the methods we tried (cflow, ndp_net) at the
+input checks of ``predict`` (a data-dependent ``if``), which the tracer records as the branch
+taken. The graph is fixed to the traced size and batch; :class:`OnnxPredictor` cuts a larger
+batch into pieces and pads the last one with copies of its last image, which changes no score
+because every method scores each image independently of its batch (``tests/test_deploy.py``
+checks each method's padded graph against the scores its run recorded).
 
 DifferNet does not export: its maps are gradients of the flow's likelihood with respect to
 the input, which ONNX has no operator for. ``export_onnx`` says so in its error.
@@ -40,7 +41,14 @@ CHECK_FILE = "onnx.json"  # beside it: the export's check against eager PyTorch
 OPSET = 18  # ONNX Runtime 1.16 and newer
 
 
-class OnnxExportError(RuntimeError):
+MAX_REL_DIFF = 1e-4  # a graph further from PyTorch than this, on any output, fails its check
+
+
+class DeployError(RuntimeError):
+    """The deployment path cannot run here (no ONNX Runtime) or gave a wrong graph."""
+
+
+class OnnxExportError(DeployError):
     """The method's ``predict`` cannot be written as an ONNX graph."""
 
 
@@ -110,6 +118,8 @@ def export_onnx(method: AnomalyMethod, path: Path | str, batch: int = 1,
             warnings.filterwarnings("ignore", "Constant folding", UserWarning)  # only a missed optimisation
             torch.onnx.export(_Traced(method, names).eval(), (example,), str(tmp), dynamo=False,
                               opset_version=OPSET, input_names=["images"], output_names=names)
+        _annotate(tmp, {"kit.method": getattr(method, "name", name), "kit.image_size": str(s),
+                        "kit.batch": str(batch)})
     except Exception as err:  # noqa: BLE001 - re-raised with the method's name and the cause
         tmp.unlink(missing_ok=True)
         first = (str(err).strip().splitlines() or [""])[0][:300]
@@ -117,8 +127,6 @@ def export_onnx(method: AnomalyMethod, path: Path | str, batch: int = 1,
                 if "requires grad" in first else "")
         raise OnnxExportError(f"{name} does not export to ONNX{hint}: "
                               f"{type(err).__name__}: {first}") from err
-    _annotate(tmp, {"kit.method": getattr(method, "name", name), "kit.image_size": str(s),
-                    "kit.batch": str(batch)})
     tmp.replace(path)
     return path
 
@@ -149,14 +157,14 @@ def session_options(threads: int | None = None):
 class OnnxPredictor:
     """A ``model.onnx`` of :func:`export_onnx` run by ONNX Runtime on the CPU, with ``threads``
     intra-op threads (None: ONNX Runtime's choice). ``predict(images [B, 3, S, S] in [0, 1])``
-    returns a :class:`Prediction` like the method's, for any ``B``."""
+    returns a :class:`Prediction` like the method's, for any ``B >= 1``."""
 
     def __init__(self, path: Path | str, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise RuntimeError("ONNX Runtime is not installed: pip install onnxruntime "
-                               "(make setup installs it)") from None
+            raise DeployError("ONNX Runtime is not installed: pip install onnxruntime "
+                              "(make setup installs it)") from None
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX model (python -m kit onnx RUN writes one)")
@@ -202,41 +210,57 @@ def max_rel_diff(a: Prediction, b: Prediction) -> float:
                for x, y in zip(_flatten(a, names), _flatten(b, names)))
 
 
-def export_run(run_dir: Path | str, n_check: int = 8, threads: int = 2,
-               progress: bool = True) -> dict[str, Any]:
-    """``python -m kit onnx``: export a run's fitted model to ``<run>/model.onnx``, then score
-    ``n_check`` of its test images (spread over the split) with both and time each at batch 1.
-    Writes and returns the check (``<run>/onnx.json``)."""
+def export_run(run_dir: Path | str, n_check: int = 8, batch: int = 1, threads: int = 2,
+               data_root: Path | str | None = None, progress: bool = True) -> dict[str, Any]:
+    """``python -m kit onnx``: export a run's fitted model for ``batch`` images, score
+    ``n_check`` of its test images (spread over the split; from ``data_root`` where the data
+    moved) with both PyTorch and the graph in pieces of ``batch``, and time both. Only a graph
+    within :data:`MAX_REL_DIFF` of PyTorch on every output becomes ``<run>/model.onnx``, with
+    its check in ``<run>/onnx.json``; otherwise :class:`DeployError`, and neither file is
+    left. Returns the check."""
     from kit.data import ImageSet, find_category
     from kit.pipeline import restore_method
 
+    if n_check < 1 or batch < 1 or threads < 1:
+        raise ValueError(f"check {n_check}, batch {batch}, threads {threads}: each must be >= 1")
     run_dir = Path(run_dir)
+    for name in (MODEL_FILE, CHECK_FILE):  # an earlier export's files describe another graph
+        (run_dir / name).unlink(missing_ok=True)
     method = restore_method(run_dir, device="cpu")
     config = json.loads((run_dir / "config.json").read_text())
-    cat = find_category(config["data_root"], config["category"])
-    step = max(1, len(cat.test) // max(1, n_check))
-    samples = cat.test[::step][:n_check]
+    cat = find_category(data_root or config["data_root"], config["category"])
+    samples = cat.test[::max(1, len(cat.test) // n_check)][:n_check]
+    if not samples:
+        raise ValueError(f"{run_dir}: its category has no test images to check the graph on")
     images = ImageSet(samples, method.config.image_size).tensor(progress=progress).float() / 255.0
-    start = time.perf_counter()
-    path = export_onnx(method, run_dir / MODEL_FILE)
-    export_s = time.perf_counter() - start
     torch.set_num_threads(threads)
-    predictor = OnnxPredictor(path, threads=threads)
-    eager_ms, onnx_ms, worst = [], [], 0.0
-    for image in images:
-        one = image[None]
-        t0 = time.perf_counter()
-        eager = method.predict(one)
-        t1 = time.perf_counter()
-        fast = predictor.predict(one)
-        onnx_ms.append(1000 * (time.perf_counter() - t1))
-        eager_ms.append(1000 * (t1 - t0))
-        worst = max(worst, max_rel_diff(eager, fast))
+    tmp = run_dir / f".{MODEL_FILE}.check"
+    start = time.perf_counter()
+    try:
+        export_onnx(method, tmp, batch=batch)
+        export_s = time.perf_counter() - start
+        predictor = OnnxPredictor(tmp, threads=threads)
+        eager_s = onnx_s = worst = 0.0
+        for first in range(0, len(images), batch):
+            piece = images[first:first + batch]
+            t0 = time.perf_counter()
+            eager = method.predict(piece)
+            t1 = time.perf_counter()
+            fast = predictor.predict(piece)
+            onnx_s += time.perf_counter() - t1
+            eager_s += t1 - t0
+            worst = max(worst, max_rel_diff(eager, fast))
+        if not worst <= MAX_REL_DIFF:
+            raise DeployError(f"{run_dir}: the exported graph differs from PyTorch by {worst:.1e} "
+                              f"of an output's range (at most {MAX_REL_DIFF:.0e}); not kept")
+        tmp.replace(run_dir / MODEL_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
     check = {"model": MODEL_FILE, "method": predictor.method, "image_size": predictor.image_size,
-             "batch": predictor.batch, "export_s": round(export_s, 2), "images": len(samples),
+             "batch": batch, "export_s": round(export_s, 2), "images": len(samples),
              "max_rel_diff": float(f"{worst:.2e}"), "threads": threads,
-             "eager_ms_median": round(float(np.median(eager_ms)), 2) if eager_ms else None,
-             "onnx_ms_median": round(float(np.median(onnx_ms)), 2) if onnx_ms else None,
+             "eager_ms_per_image": round(1000 * eager_s / len(samples), 2),
+             "onnx_ms_per_image": round(1000 * onnx_s / len(samples), 2),
              "opset": OPSET, "torch": torch.__version__,
              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (run_dir / CHECK_FILE).write_text(json.dumps(check, indent=1) + "\n")

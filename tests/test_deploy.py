@@ -28,9 +28,11 @@ def own_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(load_methods()))
 def test_the_onnx_command_exports_every_method_as_pytorch_scores_it(name, toy_root, tmp_path, capsys):
-    """``python -m kit onnx RUN`` on a tiny run of each registered method: the graph gives every
-    output of ``predict`` (primary, named maps and scores, reconstructions) to float rounding,
-    and the scores the run recorded for all its test images. DifferNet is refused, with why."""
+    """``python -m kit onnx RUN --batch 3`` on a tiny run of each registered method: the graph
+    gives every output of ``predict`` (primary, named maps and scores, reconstructions) to
+    float rounding, and, fed all test images in padded pieces of 3, the scores the run
+    recorded at its own batch size (so each method scores an image independently of its
+    batch). DifferNet is refused, with why, and leaves no file."""
     run = run_experiment(name, toy_root, "toy", tmp_path / name, overrides=tiny_overrides(name),
                          progress=False)
     capsys.readouterr()
@@ -38,21 +40,35 @@ def test_the_onnx_command_exports_every_method_as_pytorch_scores_it(name, toy_ro
         assert main(["onnx", str(run), "--quiet"]) == 1
         err = capsys.readouterr().err
         assert "does not export to ONNX" in err and NOT_EXPORTABLE[name] in err
-        assert not list(run.glob("*.onnx*")), "a failed export left a file"
+        assert not list(run.glob("*onnx*")), "a failed export left a file"
         return
-    assert main(["onnx", str(run), "--check", "3", "--quiet"]) == 0
+    assert main(["onnx", str(run), "--check", "4", "--batch", "3", "--quiet"]) == 0
     out = capsys.readouterr().out
     check = json.loads((run / deploy.CHECK_FILE).read_text())
     assert f"wrote {run / deploy.MODEL_FILE}" in out and check["method"] == name
-    # float32 reassociation in another runtime: about 1e-6 of each output's range
-    assert check["images"] == 3 and check["max_rel_diff"] < 1e-4
-    assert check["eager_ms_median"] > 0 and check["onnx_ms_median"] > 0
-    assert f"{check['onnx_ms_median']:.1f} ms per image" in out
+    assert check["images"] == 4 and check["batch"] == 3 and check["max_rel_diff"] < deploy.MAX_REL_DIFF
+    assert check["eager_ms_per_image"] > 0 and check["onnx_ms_per_image"] > 0
+    assert f"{check['onnx_ms_per_image']:.1f} ms per image" in out
+    assert sorted(p.name for p in run.glob("*onnx*")) == sorted([deploy.CHECK_FILE, deploy.MODEL_FILE])
     recorded = pd.read_csv(run / "scores.csv")
     images = ImageSet(find_category(toy_root, "toy").test, 64).tensor().float() / 255.0
+    assert len(images) % 3  # the last piece is padded
     fast = deploy.OnnxPredictor(run / deploy.MODEL_FILE).predict(images)
     np.testing.assert_allclose(fast.image_scores.numpy(), recorded["score"].to_numpy(), rtol=1e-4,
                                atol=1e-4 * float(np.abs(recorded["score"]).max()))
+
+
+def test_a_graph_that_fails_its_check_is_not_kept(toy_root, tmp_path, capsys, monkeypatch):
+    run = run_experiment("padim", toy_root, "toy", tmp_path / "padim",
+                         overrides=tiny_overrides("padim"), progress=False)
+    assert main(["onnx", str(run), "--check", "2", "--quiet"]) == 0
+    monkeypatch.setattr(deploy, "max_rel_diff", lambda a, b: 0.5)  # as if the graph were wrong
+    capsys.readouterr()
+    assert main(["onnx", str(run), "--check", "2", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "differs from PyTorch by 5.0e-01" in err and len(err.strip().splitlines()) == 1
+    # neither the new graph nor the earlier export's files, which described another graph
+    assert not list(run.glob("*onnx*")) and not list(run.glob(".*onnx*"))
 
 
 def test_every_method_that_exports_is_listed_as_exporting():
@@ -98,6 +114,13 @@ def test_the_predictor_refuses_wrong_sizes_and_files_not_written_by_the_kit(toy_
         deploy.OnnxPredictor(tmp_path / "missing.onnx")
 
 
-def test_the_onnx_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
-    assert main(["onnx", str(tmp_path / "nowhere"), "--quiet"]) == 2  # one clear line
-    assert "nowhere" in capsys.readouterr().err
+def test_the_onnx_command_refuses_bad_input_in_one_line(tmp_path, capsys):
+    (tmp_path / "not_a_run").mkdir()
+    for folder in ("nowhere", "not_a_run"):
+        assert main(["onnx", str(tmp_path / folder), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert folder in err and len(err.strip().splitlines()) == 1
+    for option in ("--check", "--batch", "--threads"):
+        with pytest.raises(SystemExit):
+            main(["onnx", str(tmp_path), option, "0"])
+        assert "must be at least 1" in capsys.readouterr().err

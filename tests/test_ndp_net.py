@@ -108,10 +108,32 @@ def test_patches_are_unfolds_layout_and_unpatches_its_inverse():
         assert torch.equal(_unpatches(_patches(x, k), k, 8, 12), x)
 
 
-def test_the_median_filter_under_onnx_tracing_is_the_median():
+def test_the_median_network_selects_the_middle_value_and_the_filter_traces():
+    """0-1 principle: a network of minima and maxima selects the median of every input iff it
+    does for every input of zeros and ones (all 512 for 9 values); random values for 25 and 49."""
+    from kit.maps import median_network
+
+    def run(n, values):
+        ops, out, _ = median_network(n)
+        slots = dict(enumerate(values))
+        for slot, kind, a, b in ops:
+            slots[slot] = (np.minimum if kind == "min" else np.maximum)(slots[a], slots[b])
+        return slots[out]
+
+    cases = np.arange(512)
+    bits = [(cases >> i) & 1 for i in range(9)]
+    assert np.array_equal(run(9, bits), (np.sum(bits, 0) > 4).astype(int))
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 25, 49):
+        x = rng.standard_normal((n, 1000))
+        assert np.array_equal(run(n, list(x)), np.median(x, 0)), n
+    with pytest.raises(ValueError, match="odd"):
+        median_filter(torch.zeros(1, 8, 8), 4)
+    # the filter is the same traced (ONNX export) as eager: no data-dependent branch
     x = torch.randn(2, 9, 11)
     traced = torch.jit.trace(lambda m: median_filter(m, 5), (x,), check_trace=False)
-    assert torch.equal(traced(x), median_filter(x, 5))  # the top-k form, traced
+    assert torch.equal(traced(x), median_filter(x, 5))
+    assert torch.equal(traced(x + 1), median_filter(x + 1, 5))
 
 
 def test_rbfrm_pads_sides_that_k_does_not_divide():
