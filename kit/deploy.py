@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from kit.method import AnomalyMethod, Prediction
+from kit.runstore import EXPORT_FILES
 
-MODEL_FILE = "model.onnx"  # in the run folder, written by `python -m kit onnx`
-CHECK_FILE = "onnx.json"  # beside it: the export's check against eager PyTorch
+# in the run folder, written by `python -m kit onnx`: the graph, and its check against PyTorch
+MODEL_FILE, CHECK_FILE = EXPORT_FILES
 OPSET = 18  # ONNX Runtime 1.16 and newer
 
 
@@ -265,3 +266,32 @@ def export_run(run_dir: Path | str, n_check: int = 8, batch: int = 1, threads: i
              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (run_dir / CHECK_FILE).write_text(json.dumps(check, indent=1) + "\n")
     return check
+
+
+def export_runs(run_dirs: list[Path | str], n_check: int = 4, threads: int = 2) -> list[dict[str, Any]]:
+    """:func:`export_run` for each run (notebook 05): its check, with ``run``, or for a method
+    that does not export, ``{"run", "method", "error"}``."""
+    rows = []
+    for run_dir in run_dirs:
+        run_dir = Path(run_dir)
+        try:
+            rows.append({"run": run_dir.name, **export_run(run_dir, n_check=n_check,
+                                                           threads=threads, progress=False)})
+        except OnnxExportError as err:
+            method = json.loads((run_dir / "config.json").read_text()).get("method", "?")
+            rows.append({"run": run_dir.name, "method": method, "error": str(err)})
+    return rows
+
+
+def checks_markdown(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`export_runs`' rows."""
+    lines = ["| method | export s | largest difference to PyTorch | PyTorch ms/image | "
+             "ONNX Runtime ms/image | faster by |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| `{r['method']}` | does not export: {r['error'].split(': ')[0]} | | | | |")
+            continue
+        lines.append(f"| `{r['method']}` | {r['export_s']:.1f} | {r['max_rel_diff']:.0e} | "
+                     f"{r['eager_ms_per_image']:.1f} | {r['onnx_ms_per_image']:.1f} | "
+                     f"x{r['eager_ms_per_image'] / r['onnx_ms_per_image']:.2f} |")
+    return "\n".join(lines)

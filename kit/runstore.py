@@ -31,6 +31,9 @@ import torch
 
 RUN_FILES = ("config.json", "metrics.json", "scores.csv", "maps.npz", "curves.json",
              "features.npz", "checkpoint.pt")
+# What the kit may add to a finished run later (kit.deploy: python -m kit onnx), so a folder
+# holding them is still a run folder that --overwrite may replace.
+EXPORT_FILES = ("model.onnx", "onnx.json")
 REQUIRED_METRICS = ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "fit_seconds",
                     "infer_ms_per_image", "method", "backbone", "image_size", "budget", "seed",
                     "n_train", "n_test")
@@ -84,7 +87,7 @@ def check_run_target(run_dir: Path | str, overwrite: bool = False) -> Path:
     if cwd == run_dir.resolve() or run_dir.resolve() in cwd.parents:
         raise RunError(f"{run_dir}: refusing to replace the current folder or one above it")
     foreign = sorted(p.name for p in run_dir.iterdir()
-                     if not (p.name in RUN_FILES and p.is_file() and not p.is_symlink())
+                     if not (p.name in RUN_FILES + EXPORT_FILES and p.is_file() and not p.is_symlink())
                      and not _TMP_FILE.fullmatch(p.name))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")

@@ -69,6 +69,12 @@ def test_a_graph_that_fails_its_check_is_not_kept(toy_root, tmp_path, capsys, mo
     assert "differs from PyTorch by 5.0e-01" in err and len(err.strip().splitlines()) == 1
     # neither the new graph nor the earlier export's files, which described another graph
     assert not list(run.glob("*onnx*")) and not list(run.glob(".*onnx*"))
+    monkeypatch.undo()
+    assert main(["onnx", str(run), "--check", "1", "--quiet"]) == 0
+    # an exported run is still a run folder: a rerun with overwrite replaces it
+    assert run_experiment("padim", toy_root, "toy", run, overrides=tiny_overrides("padim"),
+                          progress=False, overwrite=True) == run
+    assert not list(run.glob("*onnx*"))
 
 
 def test_every_method_that_exports_is_listed_as_exporting():
@@ -124,3 +130,17 @@ def test_the_onnx_command_refuses_bad_input_in_one_line(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["onnx", str(tmp_path), option, "0"])
         assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_export_runs_tables_every_run_and_names_the_one_that_does_not_export(toy_root, tmp_path):
+    """Notebook 05's helper: one row per run, an error row where the method does not export."""
+    runs = [run_experiment(name, toy_root, "toy", tmp_path / name, overrides=tiny_overrides(name),
+                           progress=False) for name in ("padim", "differnet")]
+    rows = deploy.export_runs(runs, n_check=2)
+    assert [r["method"] for r in rows] == ["padim", "differnet"]
+    assert rows[0]["max_rel_diff"] < deploy.MAX_REL_DIFF and "error" not in rows[0]
+    assert "gradients" in rows[1]["error"]
+    text = deploy.checks_markdown(rows).splitlines()
+    assert len(text) == 4 and text[2].startswith("| `padim` | ") and text[2].endswith(
+        f"x{rows[0]['eager_ms_per_image'] / rows[0]['onnx_ms_per_image']:.2f} |")
+    assert text[3].startswith("| `differnet` | does not export: DifferNet does not export to ONNX")
