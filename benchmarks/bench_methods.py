@@ -13,6 +13,8 @@ at most 1.5x).
     .venv/bin/python benchmarks/bench_methods.py --compile   # + predict under torch.compile
     .venv/bin/python benchmarks/bench_methods.py --onnx      # + predict and the bare backbone
                                                              #   as ONNX graphs in ONNX Runtime
+    .venv/bin/python benchmarks/bench_methods.py --batches 1 4 8 16  # + ms per image of scoring
+                                                             #   16 test images at each batch size
     .venv/bin/python -m kit report --no-collect     # the report's speed table from the file
 
 Run it on a quiet machine; it records the load average before and after each method.
@@ -142,6 +144,24 @@ def onnx_fns(method, image: torch.Tensor, backbone: str, layers, weights: str, t
             {"onnx_export_s": round(export_s, 1), "onnx_max_rel_diff": float(f"{diff:.2e}")})
 
 
+def batch_ms(method, images: torch.Tensor, sizes: list[int], repeats: int) -> dict[str, float]:
+    """``{batch size: median ms per image}`` of ``method.predict`` over ``images`` cut into
+    pieces of each size (the way a run scores its test split), sizes interleaved per repeat."""
+    def score(size):
+        for first in range(0, len(images), size):
+            method.predict(images[first:first + size])
+
+    for size in sizes:  # warm-up: the allocator and oneDNN's kernels for each shape
+        score(size)
+    wall: dict[int, list[float]] = {size: [] for size in sizes}
+    for i in range(repeats):
+        for size in sizes[i % len(sizes):] + sizes[:i % len(sizes)]:
+            start = time.perf_counter()
+            score(size)
+            wall[size].append(1000 * (time.perf_counter() - start) / len(images))
+    return {str(size): round(statistics.median(v), 2) for size, v in wall.items()}
+
+
 def error_line(err: BaseException, width: int = 200) -> str:
     """``Type: message`` in one line: the message's first line, and the next one too where the
     first only introduces it (inductor's "backend='inductor' raised:")."""
@@ -151,7 +171,7 @@ def error_line(err: BaseException, width: int = 200) -> str:
 
 
 def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout_s: int = 0,
-            onnx: bool = False) -> dict:
+            onnx: bool = False, batches: list[int] | None = None, n_batch_images: int = 16) -> dict:
     method = restore_method(run_dir, device="cpu")
     cfg = method.config
     run_config = json.loads((run_dir / "config.json").read_text())
@@ -186,6 +206,12 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
     if "compiled" in med:
         extra.update(compiled_ms=round(med["compiled"], 2),
                      compiled_speedup=round(med["method"] / med["compiled"], 3))
+    if batches:
+        images = ImageSet(cat.test[:n_batch_images], cfg.image_size).tensor().float() / 255.0
+        timings = batch_ms(method, images, sorted(set(batches)), max(3, repeats // 3))
+        best = min(timings, key=timings.get)
+        extra.update(batch_ms=timings, batch_size=cfg.batch_size, best_batch=int(best),
+                     batch_images=len(images))
     if "onnx" in med:
         extra.update(onnx_ms=round(med["onnx"], 2), onnx_bare_ms=round(med["onnx_bare"], 2),
                      onnx_speedup=round(med["method"] / med["onnx"], 3),
@@ -211,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", action="store_true",
                         help="also time each method's predict and its bare backbone exported "
                              "to ONNX and run by ONNX Runtime (seconds per method)")
+    parser.add_argument("--batches", type=int, nargs="*", default=None, metavar="B",
+                        help="also time scoring 16 test images at each of these batch sizes "
+                             "(ms per image), beside the method's own batch_size")
     parser.add_argument("--out", default=str(SPEED_FILE))
     args = parser.parse_args(argv)
 
@@ -226,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         row = {"method": name, "budget": args.budget, "run": runs[name]["run"],
                **measure(default_runs_root(args.runs_root) / runs[name]["run"], args.repeats,
-                         args.compile, args.compile_timeout, args.onnx),
+                         args.compile, args.compile_timeout, args.onnx, args.batches),
                "threads": torch.get_num_threads(), "batch": 1, "repeats": args.repeats,
                "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         print(f"{name:<10} {row['backbone']:<24} {row['image_size']:>4} px  bare {row['bare_ms']:8.1f} ms"
@@ -237,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
               + (f"  compile failed: {row['compile_error']}" if "compile_error" in row else "")
               + (f"  ONNX Runtime {row['onnx_ms']:.1f} ms (x{row['onnx_speedup']:.2f} faster; bare "
                  f"{row['onnx_bare_ms']:.1f} ms, x{row['onnx_ratio']:.2f})" if "onnx_ms" in row else "")
-              + (f"  ONNX failed: {row['onnx_error']}" if "onnx_error" in row else ""))
+              + (f"  ONNX failed: {row['onnx_error']}" if "onnx_error" in row else "")
+              + (f"  ms/image by batch {row['batch_ms']} (its batch_size {row['batch_size']})"
+                 if "batch_ms" in row else ""))
         rows.append(row)
         # after every method, so an interrupted benchmark keeps what it measured
         measured = {(r["budget"], r["method"]) for r in rows}  # other methods' rows are kept

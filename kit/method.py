@@ -45,7 +45,10 @@ class MethodConfig:
     image_size: int = 256  # S: images are squashed to S x S; maps come back at S x S
     seed: int = 0  # seeds python, numpy and torch for the whole run
     budget: str = "quick"  # "quick" (CI-sized) or "full" (the paper's protocol)
-    batch_size: int = 8  # inference batch size
+    # images per predict call when scoring (and per eval-mode forward where a fit encodes
+    # images): 4 scored fastest per image on 2 CPU cores for 7 of 8 methods, against 1, 8 and
+    # 16 (benchmarks/bench_methods.py --batches; docs/results/speed.json)
+    batch_size: int = 4
     val_fraction: float = 0.1  # share of train/good held out to pick the threshold (never the test split)
     threshold_quantile: float = 0.99  # image threshold = this quantile of held-out normal scores
     max_train_images: int | None = None  # seeded subset of the training images (few-shot experiments)
@@ -61,9 +64,11 @@ class MethodConfig:
         "max_train_images": (1, 10_000_000),
     }
 
-    # Settings that change where the work runs, not what is learned: a run made on the GPU
-    # is the same experiment as one on the CPU, so reuse and `fit --out` ignore them.
-    RUNTIME: ClassVar[tuple[str, ...]] = ("device",)
+    # Settings that change where and how the work runs, not what is learned: a run made on
+    # the GPU is the same experiment as one on the CPU, and every method scores an image
+    # independently of its batch (tests/test_deploy.py checks each against its run's
+    # scores), so reuse and `fit --out` ignore them.
+    RUNTIME: ClassVar[tuple[str, ...]] = ("device", "batch_size")
 
     def __post_init__(self):
         """Check every field's type and range (``LIMITS``); ConfigError names the field.

@@ -692,6 +692,10 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
         lines[0] += (" ONNX Runtime ms (faster by; its bare backbone ms, ratio; largest rel. "
                      "difference) |")
         lines[1] += "---|"
+    batched = [r for r in speed if r.get("batch_ms")]
+    if batched:
+        lines[0] += " scoring ms/image by batch size (its own in bold) |"
+        lines[1] += "---|"
     for r in sorted(speed, key=lambda r: (r["budget"] != "quick", r["budget"], r["method"])):
         line = (f"| `{r['method']}` | {r['budget']} | {r['backbone']}, {r['image_size']} px | "
                 f"{r['bare_ms']:.1f} | {r['method_ms']:.1f} | x{r['ratio']:.2f} | "
@@ -708,6 +712,10 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
                      f"x{r['onnx_ratio']:.2f}; {r['onnx_max_rel_diff']:.0e}) |"
                      if r.get("onnx_ms") is not None
                      else f" failed: {r['onnx_error']} |" if r.get("onnx_error") else " - |")
+        if batched:
+            line += (" " + ", ".join(f"**{b}: {ms:.1f}**" if int(b) == r.get("batch_size")
+                                     else f"{b}: {ms:.1f}" for b, ms in r["batch_ms"].items())
+                     + " |" if r.get("batch_ms") else " - |")
         lines.append(line)
     return "\n".join(lines)
 
@@ -874,6 +882,10 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                    "split once, so the compile time is paid for every run."
                    if any(r.get("compiled_ms") is not None or r.get("compile_error")
                           for r in speed) else "")
+                + (" With `--batches`, the same `predict` scores 16 test images in pieces of "
+                   "each batch size, as a run scores its test split: ms per image, the method's "
+                   "own `batch_size` in bold."
+                   if any(r.get("batch_ms") for r in speed) else "")
                 + (" With `--onnx`, `predict` exported by `python -m kit onnx`'s exporter "
                    "(`kit.deploy`) and the bare backbone exported the same way, each run by ONNX "
                    "Runtime with the same threads: the method's speed-up over eager, the bare "

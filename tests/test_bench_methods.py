@@ -91,3 +91,15 @@ def test_onnx_runtime_is_timed_beside_eager_with_its_own_bare_backbone(toy_run, 
     failed = bench_methods.measure(toy_run, repeats=1, onnx=True)
     assert failed["onnx_error"].startswith("OnnxExportError: Padim does not export to ONNX")
     assert "onnx_ms" not in failed and failed["method_ms"] > 0
+
+
+def test_scoring_is_timed_at_each_batch_size_beside_the_methods_own(toy_run):
+    row = bench_methods.measure(toy_run, repeats=3, batches=[4, 1, 4], n_batch_images=5)
+    assert list(row["batch_ms"]) == ["1", "4"] and all(v > 0 for v in row["batch_ms"].values())
+    assert row["batch_images"] == 5 and row["best_batch"] in (1, 4)
+    assert row["best_batch"] == int(min(row["batch_ms"], key=row["batch_ms"].get))
+    text = report.speed_markdown([{**row, "batch_size": 4, "method": "padim", "budget": "quick",
+                                   "threads": 2, "created": "2026-12-06"}])
+    assert "by batch size" in text.splitlines()[0]
+    assert text.splitlines()[-1].endswith(
+        f"1: {row['batch_ms']['1']:.1f}, **4: {row['batch_ms']['4']:.1f}** |")
