@@ -66,8 +66,8 @@ class MethodConfig:
 
     # Settings that change where and how the work runs, not what is learned: a run made on
     # the GPU is the same experiment as one on the CPU, and every method scores an image
-    # independently of its batch (tests/test_deploy.py checks each against its run's
-    # scores), so reuse and `fit --out` ignore them.
+    # independently of its batch (tests/test_method_predict.py), so reuse and `fit --out`
+    # ignore them.
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "batch_size")
 
     def __post_init__(self):

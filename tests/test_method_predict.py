@@ -1,4 +1,5 @@
-"""Every registered method's ``predict`` whatever gradient mode its caller chose.
+"""Every registered method's ``predict`` whatever gradient mode its caller chose, and whatever
+batch its image is in.
 
 The pipeline calls ``predict`` bare and each method picks its own no-grad or inference-mode
 handling; a caller that wraps it in ``torch.inference_mode()`` (the dashboard's Try it page
@@ -32,6 +33,11 @@ def test_predict_is_the_same_in_every_gradient_mode(name, toy_root):
     bare = method.predict(images)
     s = method.config.image_size
     assert bare.image_scores.shape == (2,) and bare.anomaly_maps.shape == (2, s, s)
+    # each image alone scores as inside the batch (batch_size is a runtime setting)
+    for i in range(2):
+        alone = method.predict(images[i:i + 1].clone())
+        torch.testing.assert_close(alone.image_scores[0], bare.image_scores[i], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(alone.anomaly_maps[0], bare.anomaly_maps[i], rtol=1e-4, atol=1e-5)
     for mode, context in MODES.items():
         with context():
             got = method.predict(images.clone())  # made in the mode, as a caller's batch would be
