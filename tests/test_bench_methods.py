@@ -103,3 +103,7 @@ def test_scoring_is_timed_at_each_batch_size_beside_the_methods_own(toy_run):
     assert "by batch size" in text.splitlines()[0]
     assert text.splitlines()[-1].endswith(
         f"1: {row['batch_ms']['1']:.1f}, **4: {row['batch_ms']['4']:.1f}** |")
+    # sizes in numeric order, though speed.json sorts its keys as text ("16" before "4")
+    stored = {**row, "batch_ms": {"1": 3.0, "16": 1.0, "4": 2.0}, "batch_size": 4,
+              "method": "padim", "budget": "quick", "threads": 2, "created": "2026-12-06"}
+    assert report.speed_markdown([stored]).endswith("1: 3.0, **4: 2.0**, 16: 1.0 |")
