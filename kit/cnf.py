@@ -58,6 +58,7 @@ class GridCondition(NamedTuple):
     cols: torch.Tensor  # [N] long
     pe_rows: torch.Tensor  # [H, P/2]
     pe_cols: torch.Tensor  # [W, P/2]
+    maps: int = 0  # B where the fibers are B whole maps in fibers() order, else 0
 
 
 class PositionalMLP(nn.Module):
@@ -88,9 +89,29 @@ class PositionalMLP(nn.Module):
 
     def forward(self, h: torch.Tensor, cond: GridCondition) -> torch.Tensor:
         x = self.inp(h)
+        if cond.maps and not torch.is_grad_enabled():
+            # Scoring whole maps: every map adds the same two [H W, hidden] tables, kept until
+            # the weights change (the same values and additions, so the same bits)
+            by_col, by_row = self._map_tables(cond)
+            x = (x.view(cond.maps, -1, x.shape[1]) + by_col + by_row).view(x.shape)
+            return self.out(F.relu(x))
         x = x + self.cond_x(cond.pe_cols).index_select(0, cond.cols)
         x = x + self.cond_y(cond.pe_rows).index_select(0, cond.rows)
         return self.out(F.relu(x))
+
+    def _map_tables(self, cond: GridCondition) -> tuple[torch.Tensor, torch.Tensor]:
+        """The column and row terms of one whole map, ``[H W, hidden]`` each, cached per map
+        size and weight version (an optimiser step or a load changes the version)."""
+        hw = cond.rows.shape[0] // cond.maps
+        key = (cond.pe_rows.shape[0], cond.pe_cols.shape[0], str(cond.rows.device),
+               self.cond_x.weight._version, self.cond_y.weight._version,
+               self.cond_x.weight.data_ptr(), self.cond_y.weight.data_ptr())
+        cache = self.__dict__.setdefault("_tables", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = (self.cond_x(cond.pe_cols).index_select(0, cond.cols[:hw]),
+                          self.cond_y(cond.pe_rows).index_select(0, cond.rows[:hw]))
+        return cache[key]
 
 
 def subnet_positional(cond_channels: int) -> SubnetFactory:
@@ -158,7 +179,7 @@ class FiberFlows(nn.Module):
     def map_condition(self, batch: int, height: int, width: int, device: torch.device) -> GridCondition:
         """The condition of every fiber of ``batch`` maps, in :func:`fibers`' order."""
         positions = torch.arange(height * width, device=device).repeat(batch)
-        return self.condition(positions, height, width)
+        return self.condition(positions, height, width)._replace(maps=batch)
 
     # -- likelihoods --------------------------------------------------------------------------
     def fiber_loglik(self, level: int, y: torch.Tensor, cond: GridCondition) -> torch.Tensor:

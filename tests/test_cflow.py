@@ -51,6 +51,33 @@ def test_positional_subnet_is_the_concatenated_linear():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+def test_whole_maps_reuse_their_tables_until_the_weights_change():
+    """Scoring whole maps without autograd reads cached per-map tables: the same bits as the
+    per-fiber lookup, with autograd on or off, and fresh tables after an optimiser step."""
+    torch.manual_seed(0)
+    mlp = PositionalMLP(20, 128, 296, 40)
+    torch.nn.init.normal_(mlp.out.weight)
+    flows = FiberFlows([40], 1, 128)
+    h = torch.randn(3 * 12 * 16, 20)
+    whole = flows.map_condition(3, 12, 16, h.device)
+    assert whole.maps == 3
+    with torch.no_grad():
+        lookup = mlp(h, whole._replace(maps=0))
+        assert torch.equal(mlp(h, whole), lookup)
+        assert torch.equal(mlp(h, whole), lookup)  # the cached tables
+    with torch.inference_mode():
+        assert torch.equal(mlp(h, whole), lookup)
+    optimiser = torch.optim.SGD(mlp.parameters(), lr=0.1)
+    mlp(h, whole).square().mean().backward()  # with autograd: the per-fiber path
+    optimiser.step()
+    with torch.no_grad():
+        assert not torch.equal(mlp(h, whole), lookup)
+        assert torch.equal(mlp(h, whole), mlp(h, whole._replace(maps=0)))
+    with torch.no_grad():
+        mlp.cond_y.weight.copy_(torch.randn_like(mlp.cond_y.weight))  # as load_state_dict does
+        assert torch.equal(mlp(h, whole), mlp(h, whole._replace(maps=0)))
+
+
 def test_schedule_warms_up_then_decays():
     lrs = [warmup_cosine(s, 100, 1e-3) for s in range(100)]
     assert lrs[0] == pytest.approx(1e-4)  # warm-up starts at lr / 10
