@@ -78,7 +78,7 @@ peer: setup
 	$(PY) -m kit report --no-collect
 
 speed: setup
-	$(PY) benchmarks/bench_methods.py --compile --onnx --batches 1 4 8 16
+	$(PY) benchmarks/bench_methods.py --compile --onnx --batches 1 4 8 16 --techniques
 	$(PY) -m kit report --no-collect
 
 report: setup

@@ -60,11 +60,13 @@ def mb(*modules: torch.nn.Module) -> float:
     return round(sum(p.numel() for m in modules for p in m.parameters()) * 4 / 2**20, 2)
 
 
-def interleaved(fns: dict, images: torch.Tensor, repeats: int) -> dict[str, list[float]]:
-    """Wall ms per call of each function, calls interleaved (order rotated every repeat)."""
+def interleaved(fns: dict, images: torch.Tensor, repeats: int,
+                warmups: int = 2) -> dict[str, list[float]]:
+    """Wall ms per call of each function, calls interleaved (order rotated every repeat),
+    after ``warmups`` untimed calls each."""
     for fn in fns.values():  # warm-up: allocator, kernel selection, cached tables
-        fn(images)
-        fn(images)
+        for _ in range(warmups):
+            fn(images)
     wall: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for i in range(repeats):

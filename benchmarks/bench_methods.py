@@ -15,6 +15,8 @@ at most 1.5x).
                                                              #   as ONNX graphs in ONNX Runtime
     .venv/bin/python benchmarks/bench_methods.py --batches 1 4 8 16  # + ms per image of scoring
                                                              #   16 test images at each batch size
+    .venv/bin/python benchmarks/bench_methods.py --techniques  # + at 1 thread (method and bare)
+                                                             #   and in the other backbone layout
     .venv/bin/python -m kit report --no-collect     # the report's speed table from the file
 
 Run it on a quiet machine; it records the load average before and after each method.
@@ -121,20 +123,14 @@ def onnx_fns(method, image: torch.Tensor, backbone: str, layers, weights: str, t
     same way, each run by ONNX Runtime with ``threads`` threads, so that the method's own
     overhead is also a ratio inside one runtime. ``facts``: export seconds and the largest
     difference to eager. :class:`kit.deploy.OnnxExportError` where the method does not export."""
-    import warnings
-
-    from kit.deploy import OPSET, OnnxPredictor, export_onnx, max_rel_diff, session_options
+    from kit.deploy import OnnxPredictor, export_onnx, max_rel_diff, session_options, trace_to_onnx
 
     start = time.perf_counter()
     predictor = OnnxPredictor(export_onnx(method, folder / "method.onnx", example=image), threads)
     export_s = time.perf_counter() - start
     diff = max_rel_diff(method.predict(image), predictor.predict(image))
     bare = FeatureExtractor(backbone, layers=(max(layers),), weights=weights).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter (kit.deploy)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # input checks become constants
-        torch.onnx.export(bare, (image,), str(folder / "bare.onnx"), dynamo=False,
-                          opset_version=OPSET, input_names=["images"])
+    trace_to_onnx(bare, image, folder / "bare.onnx")
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(folder / "bare.onnx"), session_options(threads),
@@ -147,19 +143,43 @@ def onnx_fns(method, image: torch.Tensor, backbone: str, layers, weights: str, t
 def batch_ms(method, images: torch.Tensor, sizes: list[int], repeats: int) -> dict[str, float]:
     """``{batch size: median ms per image}`` of ``method.predict`` over ``images`` cut into
     pieces of each size (the way a run scores its test split), sizes interleaved per repeat."""
-    def score(size):
-        for first in range(0, len(images), size):
-            method.predict(images[first:first + size])
+    def scorer(size):
+        def score(batch):
+            for first in range(0, len(batch), size):
+                method.predict(batch[first:first + size])
+        return score
 
-    for size in sizes:  # warm-up: the allocator and oneDNN's kernels for each shape
-        score(size)
-    wall: dict[int, list[float]] = {size: [] for size in sizes}
-    for i in range(repeats):
-        for size in sizes[i % len(sizes):] + sizes[:i % len(sizes)]:
-            start = time.perf_counter()
-            score(size)
-            wall[size].append(1000 * (time.perf_counter() - start) / len(images))
+    # one warm-up pass per size: the allocator and oneDNN's kernels for each shape
+    per_call = interleaved({size: scorer(size) for size in sizes}, images, repeats, warmups=1)
+    wall = {size: [ms / len(images) for ms in v] for size, v in per_call.items()}
     return {str(size): round(statistics.median(v), 2) for size, v in wall.items()}
+
+
+def with_threads(fn, threads: int, restore: int):
+    """``fn`` run with ``threads`` torch threads, the setting put back after each call."""
+    def run(x):
+        torch.set_num_threads(threads)
+        try:
+            return fn(x)
+        finally:
+            torch.set_num_threads(restore)
+    return run
+
+
+def flip_layouts(method) -> str:
+    """Switch every backbone ``method`` holds to the other memory layout (channels-last to
+    PyTorch's default NCHW, or back), weights and the input it makes; returns the layout the
+    backbones now have, ``"NCHW"`` or ``"channels-last"``."""
+    found = [m for module in method.modules() for m in module.modules()
+             if isinstance(m, FeatureExtractor)]
+    layouts = {m.channels_last for m in found}
+    if len(layouts) != 1:
+        raise RuntimeError(f"{method.name}: backbones in {'mixed' if layouts else 'no'} layouts")
+    flipped = not layouts.pop()
+    for extractor in found:
+        extractor.channels_last = flipped
+        extractor.body.to(memory_format=torch.channels_last if flipped else torch.contiguous_format)
+    return "channels-last" if flipped else "NCHW"
 
 
 def error_line(err: BaseException, width: int = 200) -> str:
@@ -171,7 +191,8 @@ def error_line(err: BaseException, width: int = 200) -> str:
 
 
 def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout_s: int = 0,
-            onnx: bool = False, batches: list[int] | None = None, n_batch_images: int = 16) -> dict:
+            onnx: bool = False, batches: list[int] | None = None, n_batch_images: int = 16,
+            techniques: bool = False) -> dict:
     method = restore_method(run_dir, device="cpu")
     cfg = method.config
     run_config = json.loads((run_dir / "config.json").read_text())
@@ -181,6 +202,8 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
     backbone = bare_forward(cfg.backbone, layers, cfg.weights)
     fns = {"backbone": backbone, "method": method.predict}
     extra = {}
+    threads = torch.get_num_threads()
+    other = 1 if threads > 1 else 2  # the thread count the technique columns compare with
     if compile_:
         try:
             fns["compiled"], seconds, diff = compiled_predict(method, image, compile_timeout_s)
@@ -193,13 +216,23 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
         folder = Path(tempfile.mkdtemp(prefix="kit-onnx-"))
         try:
             more, facts = onnx_fns(method, image, cfg.backbone, layers, cfg.weights,
-                                   torch.get_num_threads(), folder)
+                                   threads, folder)
             fns.update(more)
             extra.update(facts)
         except Exception as err:  # noqa: BLE001 - a method that does not export is a finding
             extra["onnx_error"] = error_line(err)
         finally:
             shutil.rmtree(folder, ignore_errors=True)  # the sessions hold what they loaded
+    if techniques:
+        from kit.deploy import max_rel_diff
+
+        flipped = restore_method(run_dir, device="cpu")
+        extra["other_layout"] = flip_layouts(flipped)
+        diff = max_rel_diff(method.predict(image), flipped.predict(image))
+        extra["other_layout_max_rel_diff"] = float(f"{diff:.2e}")
+        fns.update(other_layout=flipped.predict,
+                   other_threads=with_threads(method.predict, other, threads),
+                   other_threads_bare=with_threads(backbone, other, threads))
     load_before = os.getloadavg()[0]
     wall = interleaved(fns, image, repeats)
     med = {k: statistics.median(v) for k, v in wall.items()}
@@ -212,6 +245,13 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
         best = min(timings, key=timings.get)
         extra.update(batch_ms=timings, batch_size=cfg.batch_size, best_batch=int(best),
                      batch_images=len(images))
+    if "other_layout" in med:
+        extra.update(other_layout_ms=round(med["other_layout"], 2),
+                     layout_speedup=round(med["other_layout"] / med["method"], 3),
+                     other_threads=other, other_threads_ms=round(med["other_threads"], 2),
+                     other_threads_bare_ms=round(med["other_threads_bare"], 2),
+                     threads_speedup=round(med["other_threads"] / med["method"], 3),
+                     other_threads_ratio=round(med["other_threads"] / med["other_threads_bare"], 3))
     if "onnx" in med:
         extra.update(onnx_ms=round(med["onnx"], 2), onnx_bare_ms=round(med["onnx_bare"], 2),
                      onnx_speedup=round(med["method"] / med["onnx"], 3),
@@ -240,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="*", default=None, metavar="B",
                         help="also time scoring 16 test images at each of these batch sizes "
                              "(ms per image), beside the method's own batch_size")
+    parser.add_argument("--techniques", action="store_true",
+                        help="also time each method at the other thread count (1, or 2 with "
+                             "--threads 1) beside its bare backbone, and with its backbones in "
+                             "the other memory layout (NCHW or channels-last)")
     parser.add_argument("--out", default=str(SPEED_FILE))
     args = parser.parse_args(argv)
 
@@ -255,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         row = {"method": name, "budget": args.budget, "run": runs[name]["run"],
                **measure(default_runs_root(args.runs_root) / runs[name]["run"], args.repeats,
-                         args.compile, args.compile_timeout, args.onnx, args.batches),
+                         args.compile, args.compile_timeout, args.onnx, args.batches,
+                         techniques=args.techniques),
                "threads": torch.get_num_threads(), "batch": 1, "repeats": args.repeats,
                "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         print(f"{name:<10} {row['backbone']:<24} {row['image_size']:>4} px  bare {row['bare_ms']:8.1f} ms"
@@ -268,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
                  f"{row['onnx_bare_ms']:.1f} ms, x{row['onnx_ratio']:.2f})" if "onnx_ms" in row else "")
               + (f"  ONNX failed: {row['onnx_error']}" if "onnx_error" in row else "")
               + (f"  ms/image by batch {row['batch_ms']} (its batch_size {row['batch_size']})"
-                 if "batch_ms" in row else ""))
+                 if "batch_ms" in row else "")
+              + (f"  {row['other_threads']} thread(s) {row['other_threads_ms']:.1f} ms (bare "
+                 f"{row['other_threads_bare_ms']:.1f}, x{row['other_threads_ratio']:.2f});"
+                 f" {row['other_layout']} backbones {row['other_layout_ms']:.1f} ms (its own layout"
+                 f" x{row['layout_speedup']:.2f} faster)" if "other_layout_ms" in row else ""))
         rows.append(row)
         # after every method, so an interrupted benchmark keeps what it measured
         measured = {(r["budget"], r["method"]) for r in rows}  # other methods' rows are kept

@@ -90,6 +90,20 @@ class _Traced(nn.Module):
         return _flatten(self.method.predict(images), self.names)
 
 
+def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path | str,
+                  output_names: list[str] | None = None) -> None:
+    """Trace ``module(example)`` into an ONNX graph at ``path`` with the kit's exporter
+    settings (the TorchScript tracer, :data:`OPSET`, the input named ``images``)."""
+    with warnings.catch_warnings():
+        # the tracer's notes that each shape check and `if` of predict becomes a constant:
+        # the fixed size and batch this graph is made for (module docstring)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "Constant folding", UserWarning)  # only a missed optimisation
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["images"], output_names=output_names)
+
+
 def export_onnx(method: AnomalyMethod, path: Path | str, batch: int = 1,
                 example: torch.Tensor | None = None) -> Path:
     """Write ``method.predict`` for float images ``[batch, 3, S, S]`` in [0, 1] (S the config's
@@ -111,14 +125,7 @@ def export_onnx(method: AnomalyMethod, path: Path | str, batch: int = 1,
     tmp = path.with_name(f".{path.name}.tmp")
     name = type(method).__name__
     try:
-        with warnings.catch_warnings():
-            # the tracer's notes that each shape check and `if` of predict becomes a constant:
-            # the fixed size and batch this graph is made for (module docstring)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.filterwarnings("ignore", "Constant folding", UserWarning)  # only a missed optimisation
-            torch.onnx.export(_Traced(method, names).eval(), (example,), str(tmp), dynamo=False,
-                              opset_version=OPSET, input_names=["images"], output_names=names)
+        trace_to_onnx(_Traced(method, names).eval(), example, tmp, names)
         _annotate(tmp, {"kit.method": getattr(method, "name", name), "kit.image_size": str(s),
                         "kit.batch": str(batch)})
     except Exception as err:  # noqa: BLE001 - re-raised with the method's name and the cause

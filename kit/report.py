@@ -696,6 +696,12 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
     if batched:
         lines[0] += " scoring ms/image by batch size (the kit's default in bold) |"
         lines[1] += "---|"
+    techniques = [r for r in speed if r.get("other_layout_ms") is not None]
+    if techniques:
+        lines[0] += (" at the other thread count: threads, ms (the table's threads faster by; "
+                     "bare backbone ms, ratio) | backbones in the other memory layout: layout, ms "
+                     "(the method's own layout faster by; largest rel. difference) |")
+        lines[1] += "---|---|"
     for r in sorted(speed, key=lambda r: (r["budget"] != "quick", r["budget"], r["method"])):
         line = (f"| `{r['method']}` | {r['budget']} | {r['backbone']}, {r['image_size']} px | "
                 f"{r['bare_ms']:.1f} | {r['method_ms']:.1f} | x{r['ratio']:.2f} | "
@@ -718,6 +724,12 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
             line += (" " + ", ".join(f"**{b}: {ms:.1f}**" if int(b) == default
                                      else f"{b}: {ms:.1f}" for b, ms in by_size)
                      + " |" if r.get("batch_ms") else " - |")
+        if techniques:
+            line += (f" {r['other_threads']}, {r['other_threads_ms']:.1f} (x{r['threads_speedup']:.2f}; "
+                     f"{r['other_threads_bare_ms']:.1f}, x{r['other_threads_ratio']:.2f}) | "
+                     f"{r['other_layout']}, {r['other_layout_ms']:.1f} (x{r['layout_speedup']:.2f}; "
+                     f"{r['other_layout_max_rel_diff']:.0e}) |"
+                     if r.get("other_layout_ms") is not None else " - | - |")
         lines.append(line)
     return "\n".join(lines)
 
@@ -898,6 +910,12 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                    "each batch size, as a run scores its test split: ms per image, the `batch_size` "
                    "a new run takes in bold."
                    if any(r.get("batch_ms") for r in speed) else "")
+                + (" With `--techniques`, the same `predict` and bare forward at the other thread "
+                   "count (1 where the table's is 2), and `predict` with the method's backbones "
+                   "in the other memory layout (channels-last where the method runs PyTorch's "
+                   "default NCHW, and the reverse); a speed-up below 1 means the other layout "
+                   "is faster."
+                   if any(r.get("other_layout_ms") is not None for r in speed) else "")
                 + (" With `--onnx`, `predict` exported by `python -m kit onnx`'s exporter "
                    "(`kit.deploy`) and the bare backbone exported the same way, each run by ONNX "
                    "Runtime with the same threads: the method's speed-up over eager, the bare "

@@ -8,8 +8,10 @@ import pytest
 
 from fixtures_runs import tiny_overrides
 from kit import report
+from kit.backbones import FeatureExtractor
+from kit.method import load_methods, make_method
 from kit.paths import REPO_ROOT
-from kit.pipeline import run_experiment
+from kit.pipeline import restore_method, run_experiment
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import bench_methods  # noqa: E402
@@ -107,3 +109,37 @@ def test_scoring_is_timed_at_each_batch_size_beside_the_methods_own(toy_run):
     stored = {**row, "batch_ms": {"1": 3.0, "16": 1.0, "4": 2.0}, "batch_size": 4,
               "method": "padim", "budget": "quick", "threads": 2, "created": "2026-12-06"}
     assert report.speed_markdown([stored]).endswith("1: 3.0, **4: 2.0**, 16: 1.0 |")
+
+
+def test_thread_count_and_memory_layout_are_timed_beside_the_table(toy_run):
+    threads = bench_methods.torch.get_num_threads()
+    own_layout = restore_method(toy_run, device="cpu").extractor.channels_last
+    row = bench_methods.measure(toy_run, repeats=2, techniques=True)
+    assert bench_methods.torch.get_num_threads() == threads  # put back after every timed call
+    assert row["other_threads"] == (1 if threads > 1 else 2)
+    assert row["other_threads_ms"] > 0 and row["other_threads_bare_ms"] > 0
+    assert row["threads_speedup"] == pytest.approx(row["other_threads_ms"] / row["method_ms"], rel=0.01)
+    assert row["other_threads_ratio"] == pytest.approx(
+        row["other_threads_ms"] / row["other_threads_bare_ms"], rel=0.01)
+    assert row["other_layout"] == ("NCHW" if own_layout else "channels-last")
+    assert row["other_layout_max_rel_diff"] < 1e-4  # a layout changes float rounding only
+    assert row["layout_speedup"] == pytest.approx(row["other_layout_ms"] / row["method_ms"], rel=0.01)
+    text = report.speed_markdown([{**row, "method": "padim", "budget": "quick", "threads": threads,
+                                   "created": "2026-12-06"}])
+    assert "other memory layout" in text.splitlines()[0]
+    assert text.splitlines()[-1].endswith(
+        f"{row['other_layout']}, {row['other_layout_ms']:.1f} (x{row['layout_speedup']:.2f}; "
+        f"{row['other_layout_max_rel_diff']:.0e}) |")
+    assert "other memory layout" not in report.speed_markdown(
+        [{k: v for k, v in row.items() if not k.startswith("other")} | {
+            "method": "padim", "budget": "quick", "threads": threads, "created": "2026-12-06"}])
+
+
+@pytest.mark.parametrize("name", sorted(load_methods()))
+def test_every_methods_backbones_flip_layout_together(name):
+    method = make_method(name, "quick", **tiny_overrides(name))
+    first = bench_methods.flip_layouts(method)
+    assert bench_methods.flip_layouts(method) != first
+    extractors = [m for module in method.modules() for m in module.modules()
+                  if isinstance(m, FeatureExtractor)]
+    assert extractors and {m.channels_last for m in extractors} == {first == "NCHW"}
