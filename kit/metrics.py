@@ -327,6 +327,29 @@ def pixel_metrics(maps: Any, masks: Any, include: Any = None,
     }
 
 
+def per_image_pixel_auroc(maps: Any, masks: Any, include: Any = None) -> Optional[float]:
+    """The mean over defective images of each image's own pixel AUROC: how well a map ranks an
+    image's defect pixels above the rest of *that* image, whatever its level against other
+    images. Pooled pixel AUROC (:func:`pixel_metrics`) also asks that levels agree across
+    images; a map that localises well inside each image but whose level drifts from image to
+    image scores high here and low there.
+
+    maps ``[N, H, W]``, masks ``[N, H, W]``, include ``[N]`` (None = every image). None when no
+    included image has both defect and normal pixels.
+    """
+    m = _as_numpy(maps)
+    g = _as_binary(masks, "masks")
+    if g.shape != m.shape or m.ndim != 3:
+        raise ValueError(f"maps {m.shape} and masks {g.shape} must both be [N, H, W]")
+    inc = _as_include(include, m.shape[0])
+    values = []
+    for i in np.flatnonzero(inc):
+        if g[i].any() and not g[i].all():
+            ranking, _ = _pixel_ranking(m[i:i + 1], g[i:i + 1], None)
+            values.append(ranking.auroc())
+    return float(np.mean(values)) if values else None
+
+
 def pro_curve(maps: Any, masks: Any, include: Any = None,
               fpr_limit: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-region-overlap curve: ``(fpr [K], pro [K])``, float64, starting at (0, 0).

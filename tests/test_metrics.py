@@ -15,6 +15,7 @@ from kit.metrics import (
     evaluate,
     f1_max,
     image_auroc,
+    per_image_pixel_auroc,
     pixel_metrics,
     pro_curve,
     scores_at_threshold,
@@ -515,3 +516,24 @@ def test_by_defect_type_scores_each_type_against_the_normals():
         metrics.by_defect_type(scores, labels, types[:-1])
     with pytest.raises(ValueError, match="12 scores but 11 maps"):
         metrics.by_defect_type(scores, labels, types, maps[:-1], masks[:-1], include)
+
+
+def test_per_image_pixel_auroc_ignores_how_levels_differ_between_images():
+    """Each defective image's own AUROC, averaged: a map that ranks every defect above its own
+    image's background is perfect here, however its level moves between images, while the pooled
+    AUROC sees the drift; normal and excluded images do not count."""
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 16, 16), bool)
+    masks[0, 2:5, 2:5] = masks[1, 8:12, 3:9] = masks[2, 0:3, 10:16] = True
+    maps = rng.random((4, 16, 16)) + masks  # every defect above its own background
+    maps[1] += 5.0  # one image's whole map drifts up, another's down: pooled pixel AUROC drops
+    maps[2] -= 5.0
+    assert per_image_pixel_auroc(maps, masks) == pytest.approx(1.0)
+    assert pixel_metrics(maps, masks)["pixel_auroc"] < 0.9
+    expected = np.mean([roc_auc_score(masks[i].ravel(), -maps[i].ravel()) for i in range(3)])
+    assert per_image_pixel_auroc(-maps, masks) == pytest.approx(expected) == pytest.approx(0.0)
+    include = np.array([True, False, True, True])
+    assert per_image_pixel_auroc(maps * [[[1]], [[-1]], [[1]], [[1]]], masks, include) == 1.0
+    assert per_image_pixel_auroc(maps, np.zeros_like(masks)) is None
+    with pytest.raises(ValueError, match="must both be"):
+        per_image_pixel_auroc(maps[:, :8], masks)
