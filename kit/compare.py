@@ -96,3 +96,25 @@ def default_runs(runs_root, data_root, category: str, budget: str = "quick", see
             run_job(asdict(job))
         runs.append(load_run(job.run_dir))
     return runs
+
+
+def localisation(run_dir, data_root=None, progress: bool = False) -> dict[str, dict[str, float]]:
+    """``{map name: {"pooled", "per_image"}}`` for the primary map and every named map of a run,
+    its test split scored again at full size from the checkpoint: the pixel AUROC over all
+    pixels of all included images (the run's own metric for the primary map) beside the mean of
+    each defective image's own pixel AUROC (:func:`kit.metrics.per_image_pixel_auroc`)."""
+    from kit import metrics
+    from kit.data import ImageSet, find_category
+    from kit.pipeline import full_size_scores
+    from kit.runstore import load_run
+
+    run = load_run(run_dir)
+    cat = find_category(data_root or run.config["data_root"], run.config["category"])
+    scored = full_size_scores(run_dir, data_root, progress=progress)
+    masks, include = ImageSet(cat.test, scored.maps.shape[-1]).masks()
+    out = {}
+    for name in ["primary", *sorted(scored.named_maps)]:
+        maps = scored.of(name)[1]
+        out[name] = {"pooled": metrics.pixel_metrics(maps, masks, include)["pixel_auroc"],
+                     "per_image": metrics.per_image_pixel_auroc(maps, masks, include)}
+    return out

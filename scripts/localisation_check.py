@@ -8,7 +8,7 @@ run folder and each of its maps (the primary one and every named map) this print
 
 - ``pooled``: pixel AUROC over all included test images, as in the run's metrics;
 - ``per image``: the mean of each defective image's own pixel AUROC (``kit.metrics.
-  per_image_pixel_auroc``), which only asks the first question.
+  per_image_pixel_auroc``), which only asks the first question (``kit.compare.localisation``).
 
 On MTD the pool is mostly one defect type (the report's per-defect table gives each type's share
 of the defect pixels), so the two numbers also differ by how the types are weighted: the pool
@@ -32,25 +32,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kit import metrics as M  # noqa: E402
-from kit.data import ImageSet, find_category  # noqa: E402
-from kit.pipeline import full_size_scores  # noqa: E402
+from kit.compare import localisation  # noqa: E402
 from kit.runstore import load_run  # noqa: E402
 
 
 def check(run_dir: Path | str, progress: bool = True) -> dict:
     run = load_run(run_dir)
-    cat = find_category(run.config["data_root"], run.config["category"])
-    scored = full_size_scores(run_dir, progress=progress)
-    masks, include = ImageSet(cat.test, scored.maps.shape[-1]).masks()
-    rows = {}
-    for name in ["primary", *sorted(scored.named_maps)]:
-        maps = scored.of(name)[1]
-        rows[name] = {"pooled": round(M.pixel_metrics(maps, masks, include)["pixel_auroc"], 4),
-                      "per_image": round(M.per_image_pixel_auroc(maps, masks, include), 4)}
-    return {"run": run.name, "method": run.method, "map_size": int(scored.maps.shape[-1]),
-            "n_defective": int(sum(1 for s, inc in zip(cat.test, include) if inc and s.label)),
-            "maps": rows, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    values = localisation(run_dir, progress=progress)
+    return {"run": run.name, "method": run.method, "map_size": int(run.metrics["image_size"]),
+            "n_defective": sum(1 for r in run.scores if r["label"] and r["pixel_included"]),
+            "maps": {name: {k: None if v is None else round(v, 4) for k, v in row.items()}
+                     for name, row in values.items()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             row = check(run_dir, progress=not args.no_progress)
             print(f"{row['run']}  ({row['n_defective']} defective images, {row['map_size']} px maps)")
             for name, r in row["maps"].items():
-                print(f"  {name:<14} pooled {r['pooled']:.3f}  per image {r['per_image']:.3f}")
+                print(f"  {name:<14}" + "".join(f"  {label} " + ("-" if r[key] is None else f"{r[key]:.3f}")
+                                                 for key, label in (("pooled", "pooled"),
+                                                                    ("per_image", "per image"))))
             out.write(json.dumps(row, sort_keys=True) + "\n")
     print(f"appended to {args.out}")
     return 0
