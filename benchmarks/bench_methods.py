@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_cflow import interleaved  # noqa: E402
 
 from kit.backbones import FeatureExtractor  # noqa: E402
+from kit.cache import FeatureCache  # noqa: E402
 from kit.data import ImageSet, find_category  # noqa: E402
 from kit.method import load_methods  # noqa: E402
 from kit.paths import default_runs_root  # noqa: E402
@@ -155,17 +156,6 @@ def batch_ms(method, images: torch.Tensor, sizes: list[int], repeats: int) -> di
     return {str(size): round(statistics.median(v), 2) for size, v in wall.items()}
 
 
-def with_threads(fn, threads: int, restore: int):
-    """``fn`` run with ``threads`` torch threads, the setting put back after each call."""
-    def run(x):
-        torch.set_num_threads(threads)
-        try:
-            return fn(x)
-        finally:
-            torch.set_num_threads(restore)
-    return run
-
-
 def flip_layouts(method) -> str:
     """Switch every backbone ``method`` holds to the other memory layout (channels-last to
     PyTorch's default NCHW, or back), weights and the input it makes; returns the layout the
@@ -179,6 +169,10 @@ def flip_layouts(method) -> str:
     for extractor in found:
         extractor.channels_last = flipped
         extractor.body.to(memory_format=torch.channels_last if flipped else torch.contiguous_format)
+    cache = getattr(method, "cache", None)  # DifferNet's feature cache: features of its own layout
+    if isinstance(cache, FeatureCache) and "memory_format" in cache.spec:
+        method.cache = FeatureCache({**cache.spec, "memory_format": "channels_last" if flipped
+                                     else "contiguous"}, cache.root, enabled=cache.enabled)
     return "channels-last" if flipped else "NCHW"
 
 
@@ -230,11 +224,18 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
         extra["other_layout"] = flip_layouts(flipped)
         diff = max_rel_diff(method.predict(image), flipped.predict(image))
         extra["other_layout_max_rel_diff"] = float(f"{diff:.2e}")
-        fns.update(other_layout=flipped.predict,
-                   other_threads=with_threads(method.predict, other, threads),
-                   other_threads_bare=with_threads(backbone, other, threads))
+        fns["other_layout"] = flipped.predict
     load_before = os.getloadavg()[0]
     wall = interleaved(fns, image, repeats)
+    if techniques:
+        # a pass of its own: switching the thread count rebuilds the thread pool, which the
+        # next call would pay for, so the counts are not interleaved call by call
+        torch.set_num_threads(other)
+        try:
+            wall.update({f"other_threads{k}": v for k, v in interleaved(
+                {"": method.predict, "_bare": backbone}, image, repeats).items()})
+        finally:
+            torch.set_num_threads(threads)
     med = {k: statistics.median(v) for k, v in wall.items()}
     if "compiled" in med:
         extra.update(compiled_ms=round(med["compiled"], 2),

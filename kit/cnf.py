@@ -89,7 +89,7 @@ class PositionalMLP(nn.Module):
 
     def forward(self, h: torch.Tensor, cond: GridCondition) -> torch.Tensor:
         x = self.inp(h)
-        if cond.maps and not torch.is_grad_enabled():
+        if cond.maps and self._may_cache(x):
             # Scoring whole maps: every map adds the same two [H W, hidden] tables, kept until
             # the weights change (the same values and additions, so the same bits)
             by_col, by_row = self._map_tables(cond)
@@ -99,19 +99,32 @@ class PositionalMLP(nn.Module):
         x = x + self.cond_y(cond.pe_rows).index_select(0, cond.rows)
         return self.out(F.relu(x))
 
+    @staticmethod
+    def _may_cache(x: torch.Tensor) -> bool:
+        """Not under autograd (training needs the tables' gradients), autocast (the tables'
+        dtype would follow the first call's), or a compiler or tracer, whose graphs should hold
+        the operations rather than whatever an earlier eager call left in the cache."""
+        return not (torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type)
+                    or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
     def _map_tables(self, cond: GridCondition) -> tuple[torch.Tensor, torch.Tensor]:
         """The column and row terms of one whole map, ``[H W, hidden]`` each, cached per map
-        size and weight version (an optimiser step or a load changes the version)."""
-        hw = cond.rows.shape[0] // cond.maps
-        key = (cond.pe_rows.shape[0], cond.pe_cols.shape[0], str(cond.rows.device),
-               self.cond_x.weight._version, self.cond_y.weight._version,
-               self.cond_x.weight.data_ptr(), self.cond_y.weight.data_ptr())
-        cache = self.__dict__.setdefault("_tables", {})
-        if key not in cache:
-            cache.clear()
-            cache[key] = (self.cond_x(cond.pe_cols).index_select(0, cond.cols[:hw]),
-                          self.cond_y(cond.pe_rows).index_select(0, cond.rows[:hw]))
-        return cache[key]
+        size and device for the current weight tensors and their versions: an optimiser step,
+        ``load_state_dict`` or ``.to()`` makes new tables. A write through ``.data`` bumps no
+        version and is not seen."""
+        hw = cond.pe_rows.shape[0] * cond.pe_cols.shape[0]
+        if cond.rows.shape[0] != cond.maps * hw:
+            raise ValueError(f"a condition of {cond.maps} whole {cond.pe_rows.shape[0]} x "
+                             f"{cond.pe_cols.shape[0]} maps has {cond.rows.shape[0]} fibers")
+        weights = (self.cond_x.weight, self.cond_y.weight)
+        key = (hw, cond.pe_cols.shape[0], str(cond.rows.device), *(w._version for w in weights))
+        cached = self.__dict__.get("_tables")
+        if cached is None or cached[0] != key or any(a is not b for a, b in zip(cached[1], weights)):
+            tables = (self.cond_x(cond.pe_cols).index_select(0, cond.cols[:hw]),
+                      self.cond_y(cond.pe_rows).index_select(0, cond.rows[:hw]))
+            # the weights themselves are held, so a freed weight's memory cannot pass for them
+            self.__dict__["_tables"] = cached = (key, weights, tables)
+        return cached[2]
 
 
 def subnet_positional(cond_channels: int) -> SubnetFactory:

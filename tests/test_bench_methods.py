@@ -143,3 +143,9 @@ def test_every_methods_backbones_flip_layout_together(name):
     extractors = [m for module in method.modules() for m in module.modules()
                   if isinstance(m, FeatureExtractor)]
     assert extractors and {m.channels_last for m in extractors} == {first == "NCHW"}
+    layout = bench_methods.torch.channels_last if first == "NCHW" else bench_methods.torch.contiguous_format
+    kernels = [p for m in extractors for p in m.body.parameters() if p.dim() == 4]
+    assert kernels and all(p.is_contiguous(memory_format=layout) for p in kernels)
+    cache = getattr(method, "cache", None)  # a feature cache keyed by the layout follows it
+    if cache is not None and "memory_format" in cache.spec:
+        assert cache.spec["memory_format"] == ("channels_last" if first == "NCHW" else "contiguous")

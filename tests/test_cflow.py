@@ -64,7 +64,11 @@ def test_whole_maps_reuse_their_tables_until_the_weights_change():
     with torch.no_grad():
         lookup = mlp(h, whole._replace(maps=0))
         assert torch.equal(mlp(h, whole), lookup)
-        assert torch.equal(mlp(h, whole), lookup)  # the cached tables
+        tables = mlp._tables[2]
+        assert torch.equal(mlp(h, whole), lookup)  # the cached tables, not new ones
+        assert all(a is b for a, b in zip(mlp._tables[2], tables))
+        with pytest.raises(ValueError, match="has 575 fibers"):
+            mlp(h[:-1], whole._replace(rows=whole.rows[:-1], cols=whole.cols[:-1]))
     with torch.inference_mode():
         assert torch.equal(mlp(h, whole), lookup)
     optimiser = torch.optim.SGD(mlp.parameters(), lr=0.1)
@@ -76,6 +80,22 @@ def test_whole_maps_reuse_their_tables_until_the_weights_change():
     with torch.no_grad():
         mlp.cond_y.weight.copy_(torch.randn_like(mlp.cond_y.weight))  # as load_state_dict does
         assert torch.equal(mlp(h, whole), mlp(h, whole._replace(maps=0)))
+    state = {k: torch.randn_like(v) for k, v in mlp.state_dict().items()}
+    mlp.load_state_dict(state, assign=True)  # new weight tensors, versions starting over
+    with torch.no_grad():
+        assert torch.equal(mlp(h, whole), mlp(h, whole._replace(maps=0)))
+    class WholeMaps(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = mlp
+
+        def forward(self, x):
+            return self.mlp(x, whole)
+
+    with torch.no_grad():
+        mlp(h, whole)  # a warm cache
+        traced = torch.jit.trace(WholeMaps(), (h,), check_trace=False)
+    assert "index_select" in str(traced.inlined_graph)  # a tracer records the operations, not the cache
 
 
 def test_schedule_warms_up_then_decays():

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from fixtures_runs import tiny_overrides
+from kit.data import find_category
 from kit.paths import REPO_ROOT
 from kit.pipeline import run_experiment
 from kit.runstore import load_run
@@ -34,6 +35,6 @@ def test_every_map_of_a_run_is_checked_and_appended_as_one_line(tmp_path, capsys
     # scored again at full size: the pooled value of the primary map is the run's own metric
     assert row["maps"]["primary"]["pooled"] == pytest.approx(run.metrics["pixel_auroc"], abs=1e-4)
     assert all(0 <= v["per_image"] <= 1 for v in row["maps"].values())
-    assert row["n_defective"] == sum(r["label"] for r in run.scores if r["pixel_included"])
+    assert row["n_defective"] == sum(s.label for s in find_category(data, "toy").test) > 0
     assert row["map_size"] == run.metrics["image_size"]
     assert "per image" in capsys.readouterr().out
