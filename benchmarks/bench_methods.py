@@ -184,10 +184,20 @@ def error_line(err: BaseException, width: int = 200) -> str:
     return f"{type(err).__name__}: {text}".rstrip(": ")[:width]
 
 
+def cold(method):
+    """``method`` with its feature cache off (DifferNet's, keyed by image content): every timed
+    call repeats the same image, which a cache would otherwise serve from the second call on, so
+    the time is that of an image the method has not seen."""
+    cache = getattr(method, "cache", None)
+    if isinstance(cache, FeatureCache):
+        cache.enabled = False
+    return method
+
+
 def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout_s: int = 0,
             onnx: bool = False, batches: list[int] | None = None, n_batch_images: int = 16,
             techniques: bool = False) -> dict:
-    method = restore_method(run_dir, device="cpu")
+    method = cold(restore_method(run_dir, device="cpu"))
     cfg = method.config
     run_config = json.loads((run_dir / "config.json").read_text())
     cat = find_category(run_config["data_root"], run_config["category"])
@@ -220,7 +230,7 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
     if techniques:
         from kit.deploy import max_rel_diff
 
-        flipped = restore_method(run_dir, device="cpu")
+        flipped = cold(restore_method(run_dir, device="cpu"))
         extra["other_layout"] = flip_layouts(flipped)
         diff = max_rel_diff(method.predict(image), flipped.predict(image))
         extra["other_layout_max_rel_diff"] = float(f"{diff:.2e}")

@@ -149,3 +149,5 @@ def test_every_methods_backbones_flip_layout_together(name):
     cache = getattr(method, "cache", None)  # a feature cache keyed by the layout follows it
     if cache is not None and "memory_format" in cache.spec:
         assert cache.spec["memory_format"] == ("channels_last" if first == "NCHW" else "contiguous")
+    assert bench_methods.cold(method) is method  # timed as for an image it has not seen
+    assert getattr(method, "cache", None) is None or not method.cache.enabled
