@@ -156,6 +156,25 @@ def batch_ms(method, images: torch.Tensor, sizes: list[int], repeats: int) -> di
     return {str(size): round(statistics.median(v), 2) for size, v in wall.items()}
 
 
+def thread_counts(predict, bare, image: torch.Tensor, repeats: int, threads: int, other: int
+                  ) -> dict[str, list[float]]:
+    """Wall ms of ``predict`` and ``bare`` at ``other`` threads (``other_threads``,
+    ``other_threads_bare``) and of ``predict`` at ``threads`` (``same_threads``), alternating the
+    count every repeat so that a drift of the machine's speed falls on both; after each switch
+    every function is called once untimed, since a switch rebuilds the thread pool."""
+    wall: dict[str, list[float]] = {"other_threads": [], "other_threads_bare": [], "same_threads": []}
+    try:
+        for _ in range(repeats):
+            for count, fns in ((other, {"other_threads": predict, "other_threads_bare": bare}),
+                               (threads, {"same_threads": predict})):
+                torch.set_num_threads(count)
+                for name, ms in interleaved(fns, image, 1, warmups=1).items():
+                    wall[name] += ms
+    finally:
+        torch.set_num_threads(threads)
+    return wall
+
+
 def flip_layouts(method) -> str:
     """Switch every backbone ``method`` holds to the other memory layout (channels-last to
     PyTorch's default NCHW, or back), weights and the input it makes; returns the layout the
@@ -238,14 +257,7 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
     load_before = os.getloadavg()[0]
     wall = interleaved(fns, image, repeats)
     if techniques:
-        # a pass of its own: switching the thread count rebuilds the thread pool, which the
-        # next call would pay for, so the counts are not interleaved call by call
-        torch.set_num_threads(other)
-        try:
-            wall.update({f"other_threads{k}": v for k, v in interleaved(
-                {"": method.predict, "_bare": backbone}, image, repeats).items()})
-        finally:
-            torch.set_num_threads(threads)
+        wall.update(thread_counts(method.predict, backbone, image, repeats, threads, other))
     med = {k: statistics.median(v) for k, v in wall.items()}
     if "compiled" in med:
         extra.update(compiled_ms=round(med["compiled"], 2),
@@ -261,7 +273,7 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
                      layout_speedup=round(med["other_layout"] / med["method"], 3),
                      other_threads=other, other_threads_ms=round(med["other_threads"], 2),
                      other_threads_bare_ms=round(med["other_threads_bare"], 2),
-                     threads_speedup=round(med["other_threads"] / med["method"], 3),
+                     threads_speedup=round(med["other_threads"] / med["same_threads"], 3),
                      other_threads_ratio=round(med["other_threads"] / med["other_threads_bare"], 3))
     if "onnx" in med:
         extra.update(onnx_ms=round(med["onnx"], 2), onnx_bare_ms=round(med["onnx_bare"], 2),

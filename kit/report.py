@@ -911,7 +911,9 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                    "a new run takes in bold."
                    if any(r.get("batch_ms") for r in speed) else "")
                 + (" With `--techniques`, the same `predict` and bare forward at the other thread "
-                   "count (1 where the table's is 2), and `predict` with the method's backbones "
+                   "count (1 where the table's is 2), alternating every repeat with `predict` at "
+                   "the table's count, which the speed-up is measured against, and `predict` with "
+                   "the method's backbones "
                    "in the other memory layout (channels-last where the method runs PyTorch's "
                    "default NCHW, and the reverse); a speed-up below 1 means the other layout "
                    "is faster."
