@@ -46,8 +46,8 @@ class MethodConfig:
     seed: int = 0  # seeds python, numpy and torch for the whole run
     budget: str = "quick"  # "quick" (CI-sized) or "full" (the paper's protocol)
     # images per predict call when scoring (and per eval-mode forward where a fit encodes
-    # images): 4 scored fastest per image on 2 CPU cores for 7 of 8 methods, against 1, 8 and
-    # 16 (benchmarks/bench_methods.py --batches; docs/results/speed.json)
+    # images): on 2 CPU cores most methods score fastest per image at 4, against 1, 8 and 16
+    # (the batch column of benchmarks/bench_methods.py --batches, docs/results/speed.json)
     batch_size: int = 4
     val_fraction: float = 0.1  # share of train/good held out to pick the threshold (never the test split)
     threshold_quantile: float = 0.99  # image threshold = this quantile of held-out normal scores

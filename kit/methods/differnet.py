@@ -87,7 +87,8 @@ class DifferNetConfig(MethodConfig):
     cache: bool = True  # keep per-(image, transform) features on disk (kit/cache.py)
     extract_batch_size: int = 16  # images per backbone batch while extracting training features
     # scoring: each image is scored under its test transforms, so a batch of 8 images is
-    # already a large forward; 8 beat 4 per image (speed.json's batch column)
+    # already a large forward, and more images per call pay off less than for one-pass methods
+    # (speed.json's batch column)
     batch_size: int = 8
 
     BUDGETS: ClassVar[dict[str, dict[str, Any]]] = {
