@@ -52,7 +52,8 @@ FACTS = ("f1_max", "precision", "recall", "f1", "fit_seconds", "infer_ms_per_ima
          "fit_peak_rss_mb", "score_peak_rss_mb", "model_mb", "trainable_params", "total_params",
          "threshold_source", "backbone", "image_size", "n_train", "n_val", "n_test", "device")
 CSV_COLUMNS = ("run", "method", "data", "category", "fingerprint", "budget", "seed", "ablation",
-               "variants", "overrides", *METRICS, *FACTS, "created", "kit_version", "torch")
+               "variants", "overrides", *METRICS, *FACTS, "cached_view_share", "created",
+               "kit_version", "torch")
 CURVE_POINTS = 40  # points per curve kept in the result data (the reference curves' resolution)
 # the papers' dataset keys (kit/papers: Paper.results) for the categories we have
 PAPER_DATASETS = {("mtd", "magnetic_tile"): "mtd"}  # not the sample: the paper used all of MTD
@@ -91,6 +92,7 @@ def run_record(run) -> dict[str, Any]:
         "default": is_default_run(c["method"], tags.get("ablation"), variants),
         **{k: _round(m.get(k)) for k in METRICS},
         **{k: _round(m.get(k)) for k in FACTS},
+        "cached_view_share": cached_view_share(m.get("inference_info")),
         "maps": {name: {**{k: _round(v.get(k)) for k in METRICS if v.get(k) is not None},
                         **({"by_defect": by_defect_record(v["by_defect"])}
                            if v.get("by_defect") else {})}
@@ -100,6 +102,18 @@ def run_record(run) -> dict[str, Any]:
         "created": c.get("created"), "kit_version": c.get("kit_version"), "torch": c.get("torch"),
     }
     return record
+
+
+def cached_view_share(info: dict[str, Any] | None) -> float | None:
+    """The share of a run's test views whose features its feature cache served (DifferNet's
+    ``inference_info``: cache hits against views sent through the backbone), rounded; None
+    for a method without a feature cache. A run that shares a feature spec with an earlier run
+    of the grid reads most of its test features from the cache, so its ``infer_ms_per_image``
+    is a warm timing, not the cost of scoring new images."""
+    if not info or "feature_cache_hits" not in info:
+        return None
+    hits, computed = info.get("feature_cache_hits") or 0, info.get("backbone_views") or 0
+    return round(hits / (hits + computed), 3) if hits + computed else 0.0
 
 
 def by_defect_record(by_defect: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -343,6 +357,7 @@ def methods_table(records: list[dict[str, Any]], methods: list[str]) -> list[dic
             **{k: [r.get(k) for r in rs] for k in METRICS},
             "fit_seconds": [r.get("fit_seconds") for r in rs],
             "infer_ms_per_image": [r.get("infer_ms_per_image") for r in rs],
+            "cached_view_share": [r.get("cached_view_share") for r in rs],
             "peak_rss_mb": [max(r.get("fit_peak_rss_mb") or 0, r.get("score_peak_rss_mb") or 0)
                             or None for r in rs],
             "model_mb": [r.get("model_mb") for r in rs],
@@ -419,6 +434,19 @@ def defect_markdown(types: list[dict[str, Any]], rows: list[dict[str, Any]],
     return "\n".join(lines)
 
 
+def warm_share(row: dict[str, Any]) -> float | None:
+    """The largest share of test views a :func:`methods_table` row's runs read from a feature
+    cache (:func:`cached_view_share`), None where none did: their inference ms is warm."""
+    shares = [v for v in row.get("cached_view_share") or [] if v]
+    return max(shares) if shares else None
+
+
+WARM_NOTE = ("† warm: in these runs the feature cache served {pct}% of the test views (features "
+             "an earlier run of the grid had computed for the same images and transforms), so "
+             "the time is not the cost of scoring new images. The report's speed table times "
+             "every method cold.")
+
+
 def methods_markdown(rows: list[dict[str, Any]], with_paper: bool = True) -> str:
     head = ("| method | backbone, size | fit images | image AUROC | pixel AUROC | pixel AUPR | AUPRO | "
             "fit s | inference ms/image | peak RSS MB | model MB | seeds |"
@@ -430,11 +458,16 @@ def methods_markdown(rows: list[dict[str, Any]], with_paper: bool = True) -> str
         cells = [f"`{row['method']}`", f"{row['backbone']}, {row['image_size']} px",
                  _stat(row.get("n_train") or [], 0), *(_stat(row[k]) for k in METRICS),
                  _stat(row["fit_seconds"], 0),
-                 _stat(row["infer_ms_per_image"], 0), _stat(row["peak_rss_mb"], 0),
+                 _stat(row["infer_ms_per_image"], 0) + (" †" if warm_share(row) else ""),
+                 _stat(row["peak_rss_mb"], 0),
                  _stat(row["model_mb"], 1), ",".join(str(s) for s in row["seeds"])]
         if with_paper:
             cells.append(paper)
         lines.append("| " + " | ".join(cells) + " |")
+    shares = [share for row in rows if (share := warm_share(row))]
+    if shares:
+        low, high = round(100 * min(shares)), round(100 * max(shares))
+        lines += ["", WARM_NOTE.format(pct=low if low == high else f"{low}-{high}")]
     return "\n".join(lines)
 
 
@@ -667,9 +700,11 @@ def takeaways(rows: list[dict[str, Any]]) -> str:
                         if mean(row[key]) is not None))
         if len(costs) > 1 and costs[0][0] > 0:
             cheapest = costs[0][0]
-            lines.append(f"- **{what}** against the cheapest (`{costs[0][1]}`): "
-                         + ", ".join(f"`{name}` x{value / cheapest:.1f}" for value, name in costs[1:])
-                         + ".")
+            warm = {row["method"] for row in rows if key == "infer_ms_per_image" and warm_share(row)}
+            mark = lambda name: " (warm: test features from the cache)" if name in warm else ""  # noqa: E731
+            lines.append(f"- **{what}** against the cheapest (`{costs[0][1]}`{mark(costs[0][1])}): "
+                         + ", ".join(f"`{name}` x{value / cheapest:.1f}{mark(name)}"
+                                     for value, name in costs[1:]) + ".")
     return "\n".join(lines)
 
 

@@ -50,6 +50,13 @@ def test_extractor_is_frozen_and_stays_in_eval(extractor, images):
     extractor(images)  # a forward after .train() must not update BatchNorm statistics
     stats_after = extractor.state_dict()
     assert all(torch.equal(v, stats_after[k]) for k, v in stats_before.items())
+    # train() skips the walk over the body when nothing changed it; a body switched to
+    # training directly is walked back to eval by the next train() or eval()
+    extractor.body.train()
+    assert extractor.eval() is extractor
+    assert not any(m.training for m in extractor.modules())
+    extractor.train(True)
+    assert not any(m.training for m in extractor.modules())
 
 
 def test_extractor_is_deterministic_and_builds_no_graph(extractor, images):

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import make_toy_dataset
 from fixtures_runs import tiny_overrides
-from kit import report
+from kit import plots, report
 from kit.experiments import run_ablation
 from kit.method import load_methods
 from kit.paths import REPO_ROOT
@@ -286,9 +286,42 @@ def test_backbone_benchmark_counts_flops_and_renders_the_technique_ratios(tmp_pa
     model = bench_backbones.FeatureExtractor("tf_efficientnet_lite0", (0, 1, 2, 3, 4), "offline").eval()
     assert bench_backbones.gflops_per_image(model, 128) == pytest.approx(4 * rows[0]["gflops"], rel=0.02)
     for r in rows:
+        # the file rounds the rate to 0.1 GFLOP/s: at 64 px on a busy machine the rate is about
+        # 1, where that rounding alone is 5 %
         assert r["ms_per_image"] > 0 and r["gflop_per_s"] == pytest.approx(
-            r["gflops"] * 1000 / r["ms_per_image"], rel=0.02)
+            r["gflops"] * 1000 / r["ms_per_image"], rel=0.02, abs=0.05)
     text = report.backbones_markdown(rows)
     assert text.count("| tf_efficientnet_lite0, 64 px |") == 8
     ratios = text.split("| batch 2 vs 1 per image (2 threads, channels-last) |")[1]
     assert ratios.count(" x") == 3  # all three techniques measured, none shown as "-"
+
+
+def test_warm_inference_times_are_labelled_as_warm(toy):
+    """A run whose test features came mostly from the feature cache (DifferNet's, after another
+    run of the grid with the same feature spec) keeps its measured time, marked as warm
+    wherever the methods table, the takeaways or the cost figure show it."""
+    assert report.cached_view_share(None) is None
+    assert report.cached_view_share({"backbone_views": 10}) is None  # a method without a cache
+    assert report.cached_view_share({"feature_cache_hits": 0, "backbone_views": 583}) == 0.0
+    assert report.cached_view_share({"feature_cache_hits": 8745, "backbone_views": 583}) == 0.938
+    records = report.collect(toy["runs"])
+    shares = {r["method"]: r["cached_view_share"] for r in records}
+    assert shares["padim"] is None and shares["differnet"] is not None  # the pipeline recorded it
+
+    def row(method, ms, share):
+        return {"method": method, "seeds": [0], "backbone": "b", "image_size": 64, "n_train": [8],
+                **{k: [0.9] for k in report.METRICS}, "fit_seconds": [10.0],
+                "infer_ms_per_image": [ms], "cached_view_share": [share], "peak_rss_mb": [100.0],
+                "model_mb": [1.0], "paper": {}}
+
+    rows = [row("padim", 20.0, None), row("differnet", 40.0, 0.938), row("cflow", 80.0, 0.0)]
+    text = report.methods_markdown(rows)
+    assert "| 40 † |" in text and "| 20 |" in text and "| 80 |" in text  # 0.0: cold, no mark
+    assert "the feature cache served 94% of the test views" in text
+    assert "†" not in report.methods_markdown([rows[0], rows[2]])
+    costs = next(line for line in report.takeaways(rows).splitlines() if "**inference**" in line)
+    assert "`differnet` x2.0 (warm: test features from the cache)" in costs
+    assert "`cflow` x4.0." in costs
+    fig = plots.cost_accuracy_figure(rows)
+    labels = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert labels == {"padim", "differnet (warm)", "cflow"}
