@@ -250,6 +250,8 @@ def test_curves_page(toy):
     ours = table[table["source"] == "ours"]
     assert sorted(ours["run"]) == sorted(r.name for r in runs)
     assert ours["image AUROC"].notna().all()
+    cached = ours.set_index("method")["test views from cache"]  # warm times are marked
+    assert cached.loc[["differnet"]].notna().all() and cached.loc[["padim"]].isna().all()
     declared = {n for n in toy["methods"] if load_methods()[n].paper.results}
     assert set(table.loc[table["source"] != "ours", "method"]) == declared  # the papers' rows
     assert {"curve_image_roc", "curve_image_pr", "curve_pixel_roc", "curve_pro",

@@ -17,11 +17,15 @@ METRIC_COLUMNS = {  # metrics.json key -> column title
 }
 COST_COLUMNS = {"threshold": "threshold", "fit_seconds": "fit s",
                 "infer_ms_per_image": "ms / image", "n_train": "train images", "n_test": "test images"}
+# the share of test views whose features came from the feature cache: above 0, "ms / image" is
+# a warm time (kit.report.cached_view_share); empty for methods without a feature cache
+CACHED = "test views from cache"
 
 
 def metrics_table(runs: list[Run]) -> pd.DataFrame:
     """Our runs, then one row per (method, paper dataset) from the methods' ``paper.results``."""
     from kit.method import load_methods
+    from kit.report import cached_view_share
 
     rows = []
     for run in runs:
@@ -29,7 +33,8 @@ def metrics_table(runs: list[Run]) -> pd.DataFrame:
         rows.append({"source": "ours", "run": run.name, "method": run.method,
                      "backbone": m.get("backbone"), "size": m.get("image_size"),
                      "budget": m.get("budget"),
-                     **{title: m.get(key) for key, title in {**METRIC_COLUMNS, **COST_COLUMNS}.items()}})
+                     **{title: m.get(key) for key, title in {**METRIC_COLUMNS, **COST_COLUMNS}.items()},
+                     CACHED: cached_view_share(m.get("inference_info"))})
     methods = load_methods()
     for name in sorted({r.method for r in runs}):
         cls = methods.get(name)
@@ -50,7 +55,8 @@ def reference_table(records: list[dict]) -> pd.DataFrame:
                      "budget": record["budget"], "seed": record["seed"],
                      **{METRIC_COLUMNS[k]: record.get(k) for k in METRICS},
                      "fit s": record.get("fit_seconds"),
-                     "ms / image": record.get("infer_ms_per_image")})
+                     "ms / image": record.get("infer_ms_per_image"),
+                     CACHED: record.get("cached_view_share")})
     return pd.DataFrame(rows)
 
 
