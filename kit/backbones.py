@@ -283,7 +283,7 @@ class FeatureExtractor(nn.Module):
 
         The constructor puts every submodule in eval mode, and a mode change through this
         extractor never leaves it, so the walk over the body's submodules (hundreds in an
-        EfficientNet: about 1.5 ms, paid by every ``predict`` that calls ``eval()`` first) runs
+        EfficientNet: about a millisecond, paid by every ``predict`` that calls ``eval()`` first) runs
         only when the body itself was switched to training directly."""
         if self.training or self.body.training:
             return super().train(False)

@@ -138,6 +138,7 @@ def _fmt(value) -> str:
 def cmd_fit(args) -> int:
     from kit.data import check_category_name
     from kit.pipeline import run_experiment
+    from kit.report import warm_suffix
 
     overrides = dict(args.overrides)
     for key in ("backbone", "weights", "image_size", "device"):
@@ -154,7 +155,7 @@ def cmd_fit(args) -> int:
                              overwrite=args.overwrite)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     keys = ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "f1_max", "fit_seconds", "infer_ms_per_image")
-    print("  ".join(f"{k}={_fmt(metrics.get(k))}" for k in keys))
+    print("  ".join(f"{k}={_fmt(metrics.get(k))}" for k in keys) + warm_suffix(metrics))
     for name, values in (metrics.get("maps") or {}).items():  # the method's further maps
         print(f"  map {name}: " + "  ".join(f"{k}={_fmt(values.get(k))}" for k in keys[:5]))
     by_defect = metrics.get("by_defect") or {}

@@ -52,8 +52,8 @@ FACTS = ("f1_max", "precision", "recall", "f1", "fit_seconds", "infer_ms_per_ima
          "fit_peak_rss_mb", "score_peak_rss_mb", "model_mb", "trainable_params", "total_params",
          "threshold_source", "backbone", "image_size", "n_train", "n_val", "n_test", "device")
 CSV_COLUMNS = ("run", "method", "data", "category", "fingerprint", "budget", "seed", "ablation",
-               "variants", "overrides", *METRICS, *FACTS, "cached_view_share", "created",
-               "kit_version", "torch")
+               "variants", "overrides", *METRICS, *FACTS, "cached_view_share", "cached_fit_share",
+               "created", "kit_version", "torch")
 CURVE_POINTS = 40  # points per curve kept in the result data (the reference curves' resolution)
 # the papers' dataset keys (kit/papers: Paper.results) for the categories we have
 PAPER_DATASETS = {("mtd", "magnetic_tile"): "mtd"}  # not the sample: the paper used all of MTD
@@ -93,6 +93,7 @@ def run_record(run) -> dict[str, Any]:
         **{k: _round(m.get(k)) for k in METRICS},
         **{k: _round(m.get(k)) for k in FACTS},
         "cached_view_share": cached_view_share(m.get("inference_info")),
+        "cached_fit_share": cached_fit_share(c.get("train_log")),
         "maps": {name: {**{k: _round(v.get(k)) for k in METRICS if v.get(k) is not None},
                         **({"by_defect": by_defect_record(v["by_defect"])}
                            if v.get("by_defect") else {})}
@@ -104,16 +105,46 @@ def run_record(run) -> dict[str, Any]:
     return record
 
 
+# a share of cached features above this makes a time "warm" wherever it is shown: a few hits
+# (duplicate images, a cache filled in part) do not
+WARM_SHARE = 0.05
+
+
+def _share(hits: int, computed: int) -> float:
+    return round(hits / (hits + computed), 3) if hits + computed else 0.0
+
+
 def cached_view_share(info: dict[str, Any] | None) -> float | None:
     """The share of a run's test views whose features its feature cache served (DifferNet's
     ``inference_info``: cache hits against views sent through the backbone), rounded; None
     for a method without a feature cache. A run that shares a feature spec with an earlier run
-    of the grid reads most of its test features from the cache, so its ``infer_ms_per_image``
-    is a warm timing, not the cost of scoring new images."""
+    (of the grid, or the user's own) reads most of its test features from the cache, so its
+    ``infer_ms_per_image`` is a warm timing, not the cost of scoring new images."""
     if not info or "feature_cache_hits" not in info:
         return None
-    hits, computed = info.get("feature_cache_hits") or 0, info.get("backbone_views") or 0
-    return round(hits / (hits + computed), 3) if hits + computed else 0.0
+    return _share(info.get("feature_cache_hits") or 0, info.get("backbone_views") or 0)
+
+
+def cached_fit_share(train_log: dict[str, Any] | None) -> float | None:
+    """:func:`cached_view_share` of the fit: the share of training views whose features came
+    from the cache (DifferNet's ``train_log`` ``cache_hits`` / ``cache_misses``), None for a
+    method that logs none. Such a fit skipped the backbone and its ``fit_seconds`` is warm."""
+    if not train_log or "cache_hits" not in train_log:
+        return None
+    return _share(train_log.get("cache_hits") or 0, train_log.get("cache_misses") or 0)
+
+
+def is_warm(share: float | None) -> bool:
+    """Whether a cached share (:func:`cached_view_share`, :func:`cached_fit_share`) makes the
+    time beside it warm."""
+    return share is not None and share > WARM_SHARE
+
+
+def warm_suffix(metrics: dict[str, Any]) -> str:
+    """`` (warm: N% of the test views from the feature cache)`` for a warm run's
+    ``metrics.json``, else ``""``: what the CLI and the notebooks print after the inference time."""
+    share = cached_view_share(metrics.get("inference_info"))
+    return f" (warm: {100 * share:.0f}% of the test views from the feature cache)" if is_warm(share) else ""
 
 
 def by_defect_record(by_defect: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -358,6 +389,7 @@ def methods_table(records: list[dict[str, Any]], methods: list[str]) -> list[dic
             "fit_seconds": [r.get("fit_seconds") for r in rs],
             "infer_ms_per_image": [r.get("infer_ms_per_image") for r in rs],
             "cached_view_share": [r.get("cached_view_share") for r in rs],
+            "cached_fit_share": [r.get("cached_fit_share") for r in rs],
             "peak_rss_mb": [max(r.get("fit_peak_rss_mb") or 0, r.get("score_peak_rss_mb") or 0)
                             or None for r in rs],
             "model_mb": [r.get("model_mb") for r in rs],
@@ -434,17 +466,43 @@ def defect_markdown(types: list[dict[str, Any]], rows: list[dict[str, Any]],
     return "\n".join(lines)
 
 
-def warm_share(row: dict[str, Any]) -> float | None:
-    """The largest share of test views a :func:`methods_table` row's runs read from a feature
-    cache (:func:`cached_view_share`), None where none did: their inference ms is warm."""
-    shares = [v for v in row.get("cached_view_share") or [] if v]
+def warm_share(row: dict[str, Any], key: str = "cached_view_share") -> float | None:
+    """The largest warm share (:func:`is_warm`) among a :func:`methods_table` row's runs, of the
+    test views (``key`` "cached_view_share") or of the fit (``"cached_fit_share"``); None where
+    no run's time is warm."""
+    shares = [v for v in row.get(key) or [] if is_warm(v)]
     return max(shares) if shares else None
 
 
-WARM_NOTE = ("† warm: in these runs the feature cache served {pct}% of the test views (features "
-             "an earlier run of the grid had computed for the same images and transforms), so "
-             "the time is not the cost of scoring new images. The report's speed table times "
-             "every method cold.")
+WARM_NOTES = {  # the footnotes of warm times: the mark, the column's share key, the text
+    "infer_ms_per_image": ("†", "cached_view_share",
+                           "† warm inference: in {seeds} the feature cache served up to {pct}% of "
+                           "the test views (features an earlier run had computed for the same "
+                           "images and transforms), so the time is not the cost of scoring new "
+                           "images. The speed table of docs/report.md "
+                           "(benchmarks/bench_methods.py) times every method cold."),
+    "fit_seconds": ("‡", "cached_fit_share",
+                    "‡ warm fit: in {seeds} the feature cache served up to {pct}% of the training "
+                    "views, so the fit time leaves out their backbone passes."),
+}
+
+
+def _warm_cell(row: dict[str, Any], key: str) -> str:
+    """A cost cell of :func:`methods_markdown`, marked when the time is warm."""
+    mark, share_key, _ = WARM_NOTES[key]
+    return _stat(row[key], 0) + (f" {mark}" if warm_share(row, share_key) else "")
+
+
+def _warm_footnotes(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for key, (_, share_key, text) in WARM_NOTES.items():
+        warm = [(row, share) for row in rows if (share := warm_share(row, share_key))]
+        if warm:
+            n_warm = sum(is_warm(v) for row, _ in warm for v in row.get(share_key) or [])
+            n_all = sum(len(row[key]) for row, _ in warm)
+            seeds = "these runs" if n_warm == n_all else f"{n_warm} of these {n_all} runs"
+            lines += ["", text.format(seeds=seeds, pct=f"{100 * max(s for _, s in warm):.0f}")]
+    return lines
 
 
 def methods_markdown(rows: list[dict[str, Any]], with_paper: bool = True) -> str:
@@ -457,18 +515,13 @@ def methods_markdown(rows: list[dict[str, Any]], with_paper: bool = True) -> str
                           if k in METRIC_NAMES) or "-"
         cells = [f"`{row['method']}`", f"{row['backbone']}, {row['image_size']} px",
                  _stat(row.get("n_train") or [], 0), *(_stat(row[k]) for k in METRICS),
-                 _stat(row["fit_seconds"], 0),
-                 _stat(row["infer_ms_per_image"], 0) + (" †" if warm_share(row) else ""),
+                 _warm_cell(row, "fit_seconds"), _warm_cell(row, "infer_ms_per_image"),
                  _stat(row["peak_rss_mb"], 0),
                  _stat(row["model_mb"], 1), ",".join(str(s) for s in row["seeds"])]
         if with_paper:
             cells.append(paper)
         lines.append("| " + " | ".join(cells) + " |")
-    shares = [share for row in rows if (share := warm_share(row))]
-    if shares:
-        low, high = round(100 * min(shares)), round(100 * max(shares))
-        lines += ["", WARM_NOTE.format(pct=low if low == high else f"{low}-{high}")]
-    return "\n".join(lines)
+    return "\n".join(lines + _warm_footnotes(rows))
 
 
 def ablation_rows(records: list[dict[str, Any]], method: str, ablation) -> list[dict[str, Any]]:
@@ -651,11 +704,17 @@ def _group_title(group: Group, records: list[dict[str, Any]]) -> str:
 
 
 def _main_group(records: list[dict[str, Any]]) -> tuple[Group | None, list[dict[str, Any]]]:
-    """The first group on real data that has default runs (MTD's first, as in the README)."""
+    """The group on real data whose default runs cover the most methods, the first of equals
+    (MTD's first, the full budget before the quick one): a full budget run for a few methods
+    does not push the table of every method out of the README."""
+    best, most = (None, []), (False, 0)
     for group, rs in _groups(records):
-        if group.data != "sample" and default_records(rs):
-            return group, rs
-    return None, []
+        if group.data != "sample":
+            # plain settings first, then the most methods
+            rank = (group.extra == "{}", len({r["method"] for r in default_records(rs)}))
+            if rank[1] and rank > most:
+                best, most = (group, rs), rank
+    return best
 
 
 def main_methods(records: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
@@ -700,8 +759,8 @@ def takeaways(rows: list[dict[str, Any]]) -> str:
                         if mean(row[key]) is not None))
         if len(costs) > 1 and costs[0][0] > 0:
             cheapest = costs[0][0]
-            warm = {row["method"] for row in rows if key == "infer_ms_per_image" and warm_share(row)}
-            mark = lambda name: " (warm: test features from the cache)" if name in warm else ""  # noqa: E731
+            warm = {row["method"] for row in rows if warm_share(row, WARM_NOTES[key][1])}
+            mark = lambda name: " (warm: features from the cache)" if name in warm else ""  # noqa: E731
             lines.append(f"- **{what}** against the cheapest (`{costs[0][1]}`{mark(costs[0][1])}): "
                          + ", ".join(f"`{name}` x{value / cheapest:.1f}{mark(name)}"
                                      for value, name in costs[1:]) + ".")

@@ -17,8 +17,8 @@ METRIC_COLUMNS = {  # metrics.json key -> column title
 }
 COST_COLUMNS = {"threshold": "threshold", "fit_seconds": "fit s",
                 "infer_ms_per_image": "ms / image", "n_train": "train images", "n_test": "test images"}
-# the share of test views whose features came from the feature cache: above 0, "ms / image" is
-# a warm time (kit.report.cached_view_share); empty for methods without a feature cache
+# the share of test views whose features came from the feature cache: above
+# kit.report.WARM_SHARE, "ms / image" is a warm time; empty for methods without a feature cache
 CACHED = "test views from cache"
 
 

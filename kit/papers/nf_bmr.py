@@ -55,6 +55,9 @@ PAPER = Paper(
                 "subnets are 128 wide instead of 1024 and the BMR 256 wide instead of 1024, with 12 "
                 "and 40 epochs instead of 300 each: at the paper's widths one epoch of the flow "
                 "alone takes minutes here, and inference would cost several times the backbone. "
+                "Longer training does not pay here: four times the quick budget's epochs (32 for "
+                "the flow, 80 for the BMR, together or alone) did not raise the dev protocol's "
+                "AUROC at 256 px. "
                 "The backbone runs once per training image (cached).",
     },
 )
