@@ -504,16 +504,15 @@ def cost_accuracy_figure(rows: Sequence[Mapping], metrics: Sequence[str] = ("ima
     Returns the figure."""
     import matplotlib.pyplot as plt
 
-    from kit.report import is_warm
+    from kit.report import WARM_NOTES, warm_share
 
     mean = lambda vs: (lambda xs: sum(xs) / len(xs) if xs else None)([v for v in vs if v is not None])
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        # a warm time (features from the feature cache: kit.report.is_warm) says so at its point
-        share_key = {"infer_ms_per_image": "cached_view_share", "fit_seconds": "cached_fit_share"}.get(cost)
-        warm = lambda row: any(is_warm(v) for v in row.get(share_key) or [])  # noqa: E731
-        points = [(row["method"] + (" (warm)" if warm(row) else ""), mean(row[cost]), mean(row[metric]))
-                  for row in rows]
+        # a warm time (features from the feature cache) says so at its point, as the tables do
+        share_key = WARM_NOTES[cost][1] if cost in WARM_NOTES else None
+        points = [(row["method"] + (" (warm)" if share_key and warm_share(row, share_key) else ""),
+                   mean(row[cost]), mean(row[metric])) for row in rows]
         points = [p for p in points if p[1] is not None and p[2] is not None]
         for name, x, y in points:
             ax.scatter([x], [y], s=30)

@@ -704,9 +704,10 @@ def _group_title(group: Group, records: list[dict[str, Any]]) -> str:
 
 
 def _main_group(records: list[dict[str, Any]]) -> tuple[Group | None, list[dict[str, Any]]]:
-    """The group on real data whose default runs cover the most methods, the first of equals
-    (MTD's first, the full budget before the quick one): a full budget run for a few methods
-    does not push the table of every method out of the README."""
+    """The group on real data with plain settings whose default runs cover the most methods,
+    the first of equals (MTD's first, the full budget before the quick one): a full budget run
+    for a few methods does not replace the table of every method in notebook 05 and the
+    reference views (the README shows every group)."""
     best, most = (None, []), (False, 0)
     for group, rs in _groups(records):
         if group.data != "sample":
