@@ -560,14 +560,20 @@ def _settings(v_overrides: dict[str, Any], v_map: str | None) -> str:
     return ", ".join(parts) or "as configured"
 
 
-def ablation_markdown(rows: list[dict[str, Any]], ablation) -> str:
-    metric = METRIC_NAMES.get(ablation.metric, ablation.metric)
-    lines = [f"| variant | paper ({ablation.paper_dataset}) | ours, {metric} | runs | settings |",
-             "|---|---|---|---|---|"]
-    for row in rows:
-        paper = "-" if row["paper"] is None else f"{row['paper']:.3f}"
-        lines.append(f"| {row['variant']} | {paper} | {_stat(row['values'])} | {row['runs']} | "
-                     f"{_settings(row['overrides'], row['map'])} |")
+def ablation_markdown(rows: list[dict[str, Any]], ablation,
+                      metrics: Iterable[str] | None = None) -> str:
+    """:func:`ablation_rows` (one row per variant, in ``ablation.variants``' order) as a
+    Markdown table: per variant the paper's value of the table's metric, ours (mean ± spread over seeds) in each of ``metrics`` (default:
+    ``ablation.columns``), the runs and the settings."""
+    metrics = list(metrics or ablation.columns)
+    paper = METRIC_NAMES.get(ablation.metric, ablation.metric)
+    lines = [f"| variant | paper ({ablation.paper_dataset}), {paper} | "
+             + " | ".join(f"ours, {METRIC_NAMES.get(m, m)}" for m in metrics) + " | runs | settings |",
+             "|---|---|" + "---|" * len(metrics) + "---|---|"]
+    for v, row in zip(ablation.variants, rows):
+        ours = [_stat([variant_value(r, v, m) for r in row["records"]]) for m in metrics]
+        lines.append(f"| {v.label} | {'-' if v.paper_value is None else f'{v.paper_value:.3f}'} | "
+                     + " | ".join(ours) + f" | {row['runs']} | {_settings(row['overrides'], row['map'])} |")
     return "\n".join(lines)
 
 
@@ -646,25 +652,15 @@ def reference_markdown(method: str, ablation_name: str, metrics: Iterable[str] |
     """One paper table's reference results as Markdown, for the notebooks (which, at their
     quick setting, run a few variants on the embedded sample and show these for the rest):
     the caption saying what made them, then a row per variant with the paper's value and ours
-    (mean ± spread over seeds) in each of ``metrics`` (default: the table's own metric)."""
+    (mean ± spread over seeds) in each of ``metrics`` (default: ``ablation.columns``)."""
     from kit.method import method_class
 
     ablation = method_class(method).paper.ablation(ablation_name)
-    metrics = list(metrics or [ablation.metric])
     reference = reference_ablation(reference_records(path), method, ablation)
     if reference is None:
         return (f"No reference results for {method} {ablation_name} in the committed result data "
                 f"yet: `python -m kit bench --methods {method}` then `python -m kit report` make them.")
-    paper = METRIC_NAMES.get(ablation.metric, ablation.metric)
-    lines = [reference["caption"], "",
-             f"| variant | paper ({ablation.paper_dataset}), {paper} | "
-             + " | ".join(f"ours, {METRIC_NAMES.get(m, m)}" for m in metrics) + " | runs | settings |",
-             "|---|---|" + "---|" * len(metrics) + "---|---|"]
-    for v, row in zip(ablation.variants, reference["rows"]):
-        ours = [_stat([variant_value(r, v, m) for r in row["records"]]) for m in metrics]
-        lines.append(f"| {v.label} | {'-' if v.paper_value is None else f'{v.paper_value:.3f}'} | "
-                     + " | ".join(ours) + f" | {row['runs']} | {_settings(row['overrides'], row['map'])} |")
-    return "\n".join(lines)
+    return reference["caption"] + "\n\n" + ablation_markdown(reference["rows"], ablation, metrics)
 
 
 def paper_curve_points(paper: dict[str, float | None],

@@ -128,6 +128,7 @@ def test_compare_shows_image_truth_maps_and_overlays(toy):
     assert any(load_run(p).method == "ndp_net" for p in rebuilt)
     assert len(at.image) == 2 + len(rebuilt)
     assert "**reconstruction**" in texts(at)
+    assert "cmp_rebuilt" not in {c.key for c in at.checkbox}  # every image has one: no filter
     assert "pixel threshold" in texts(at) and "median normal pixel" in texts(at)
 
     # every method's run has its metrics per defect type, with the pooled value beside them
@@ -225,6 +226,29 @@ def test_choices_follow_the_learner_across_pages(toy):
     assert_clean(at)
     assert at.multiselect(key="pick_runs").value == [str(toy["b"])]
     assert list(at.dataframe[0].value["run"]) == ["padim_toy_b"]
+
+
+def test_compare_lists_the_images_whose_reconstruction_a_run_kept(toy, tmp_path, monkeypatch):
+    """A real run keeps 64 of MTD's 583 reconstructions: the page offers those alone."""
+    source = toy["methods"]["ndp_net"]
+    run = tmp_path / "runs" / source.name
+    shutil.copytree(source, run)
+    with np.load(run / "maps.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    keep = arrays["reconstruction_index"][::2]
+    arrays["reconstruction_index"], arrays["reconstructions"] = keep, arrays["reconstructions"][::2]
+    np.savez_compressed(run / "maps.npz", **arrays)
+    monkeypatch.setenv("KIT_RUNS_ROOT", str(tmp_path / "runs"))
+    at = start()
+    at.multiselect(key="pick_runs").set_value([str(run)]).run()
+    all_images = [name(o) for o in at.selectbox(key="cmp_image").options]
+    assert len(all_images) > len(keep)
+    at.checkbox(key="cmp_rebuilt").check().run()
+    assert_clean(at)
+    kept = [name(o) for o in at.selectbox(key="cmp_image").options]
+    index = {r["name"]: int(r["index"]) for r in load_run(run).scores}
+    assert sorted(index[n] for n in kept) == sorted(int(i) for i in keep)
+    assert "**reconstruction**" in texts(at)  # the image on screen is one of them
 
 
 def test_compare_survives_moved_data(toy):

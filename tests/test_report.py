@@ -104,7 +104,12 @@ def test_report_from_runs_is_complete_and_repeatable(toy):
     assert {r["method"] for r in records} == {"padim", "nf_bmr", "differnet"}
     text = paths["report"].read_text()
     assert "| `padim` |" in text and "| `differnet` |" in text and "| `nf_bmr` |" in text
-    assert "Table 5" in text and "| n=1 | 0.974 |" in text and "| n=3 | 0.985 | - | 0 |" in text
+    assert "Table 5" in text and "| n=1 | 0.974 |" in text
+    columns = load_methods()["nf_bmr"].paper.ablation("table5").columns
+    assert columns[0] == "image_auroc" and columns[-3:] == ("precision", "recall", "f1")
+    assert "| n=3 | 0.985 | " + "- | " * len(columns) + "0 |" in text  # every metric, no run
+    header = next(line for line in text.splitlines() if line.startswith("| variant | paper (MVTec"))
+    assert header.count("| ours, ") == len(columns) and "| ours, F1 |" in header
     assert "Fig. 7" in text
     assert "threshold from held-out normal training images" in text
     for line in text.splitlines():
@@ -218,6 +223,22 @@ def test_curves_page_shows_reference_results_without_runs(reference):
     cached = table.groupby("method")["test views from cache"].apply(lambda c: c.notna().all())
     assert cached["differnet"] and not cached["padim"]  # empty: padim has no feature cache
     assert "No runs yet" in "\n".join(i.value for i in at.info)
+
+
+def test_curves_page_opens_on_the_reference_group_with_the_most_methods():
+    from kit.app.curves import reference_groups
+
+    def rec(method, budget, data="mtd"):
+        return {"data": data, "category": "magnetic_tile", "budget": budget, "method": method}
+
+    quick = [rec(m, "quick") for m in ("padim", "cflow", "nf_bmr")]
+    full = [rec(m, "full") for m in ("padim", "cflow")]
+    sample = [rec(m, "quick", "sample") for m in ("padim", "cflow", "nf_bmr", "differnet")]
+    groups = reference_groups(full + sample + quick)
+    assert groups == [("mtd", "magnetic_tile", "quick"), ("mtd", "magnetic_tile", "full"),
+                      ("sample", "magnetic_tile", "quick")]  # real data first, then most methods
+    groups = reference_groups(full + [rec("nf_bmr", "full")] + quick)
+    assert groups[0] == ("mtd", "magnetic_tile", "full")  # equals: the full budget first
 
 
 def test_main_methods_and_takeaways_follow_the_data(toy):

@@ -17,6 +17,7 @@ from kit.runstore import Run
 
 SORTS = ("file name", "score: highest first", "score: lowest first")
 MAX_VIEW = 256  # px at most of the test image on screen (runs store smaller maps: resized up)
+RECON = "reconstruction kept"  # image_table's column: a chosen run stored this image's reconstruction
 
 
 def view_size(run: Run) -> int:
@@ -26,7 +27,8 @@ def view_size(run: Run) -> int:
 
 
 def image_table(runs: list[Run]) -> pd.DataFrame:
-    """One row per test image present in every run: name, defect type, label, and per run
+    """One row per test image present in every run: name, defect type, label, whether a run
+    kept its reconstruction (column ``RECON``, only where a run keeps any), and per run
     ``score · <run>`` and ``verdict · <run>`` (TP/FP/FN/TN at the run's threshold)."""
     first = {r["name"]: r for r in runs[0].scores}
     by_run = [{row["name"]: row for row in run.scores} for run in runs]
@@ -34,6 +36,9 @@ def image_table(runs: list[Run]) -> pd.DataFrame:
     table = pd.DataFrame({"image": shared,
                           "defect type": [first[n]["defect_type"] for n in shared],
                           "label": [int(first[n]["label"]) for n in shared]})
+    kept = [(run.reconstructions, rows) for run, rows in zip(runs, by_run) if run.reconstructions]
+    if kept:  # reconstruction methods keep a sample of them (pipeline.RECONSTRUCTION_SAMPLE)
+        table[RECON] = [any(int(rows[n]["index"]) in recon for recon, rows in kept) for n in shared]
     for run, rows in zip(runs, by_run):
         threshold = run.metrics.get("threshold")
         scores = [rows[n]["score"] for n in shared]
@@ -69,6 +74,12 @@ def filtered_table(table: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
     chosen_types = top[0].multiselect("Defect types", types, key="cmp_types")
     only_mistakes = top[1].checkbox("Only mistakes", key="cmp_mistakes",
                                     help="false positives or false negatives of any chosen run")
+    only_rebuilt = False
+    if RECON in table and not table[RECON].all():  # a run keeps some reconstructions, not all
+        only_rebuilt = top[1].checkbox(
+            "Only reconstructed", key="cmp_rebuilt",
+            help=f"the images whose reconstruction a chosen run kept: {int(table[RECON].sum())} "
+                 f"of these {len(table)} (a run keeps a random sample of both labels)")
     cols = st.columns(2)
     sort = cols[0].selectbox("Order", SORTS, key="cmp_sort")
     common.keep_valid("cmp_sort_run", [r.name for r in runs])
@@ -78,6 +89,8 @@ def filtered_table(table: pd.DataFrame, runs: list[Run]) -> pd.DataFrame:
     if only_mistakes:
         wrong = out[[f"verdict · {r.name}" for r in runs]].isin(["FP", "FN"]).any(axis=1)
         out = out[wrong]
+    if only_rebuilt:
+        out = out[out[RECON]]
     if sort != SORTS[0]:
         out = out.sort_values(f"score · {sort_run}", ascending=sort == SORTS[2], kind="stable")
     return out
@@ -172,7 +185,8 @@ def _run_panel(top, bottom, run: Run, srow: dict, row: pd.Series) -> None:
             bottom.image(recon[index].transpose(1, 2, 0), width="stretch")
         else:
             bottom.caption(f"Reconstruction: the run keeps {len(recon)} of its test images' "
-                           "reconstructions, not this one's.")
+                           "reconstructions, not this one's (\"Only reconstructed\" "
+                           "lists those of every chosen run).")
 
 
 def render() -> None:

@@ -3,6 +3,8 @@ with the papers' numbers where the method declares them (``paper.results``, kit/
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 
@@ -60,6 +62,18 @@ def reference_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def reference_groups(records: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The ``(data, category, budget)`` groups of reference ``records``, in the order the page
+    offers them: real data before the embedded sample, then, for one dataset and category, the
+    group with the most methods first (a full budget made for a few methods does not hide the
+    table of every method), the full budget first among equals."""
+    methods: dict[tuple[str, str, str], set[str]] = {}
+    for r in records:
+        methods.setdefault((r["data"], r["category"], r["budget"]), set()).add(r["method"])
+    return sorted(methods, key=lambda g: (g[0] == "sample", g[0], g[1], -len(methods[g]),
+                                          g[2] != "full", g[2]))
+
+
 def show_reference(open_: bool) -> None:
     """The committed result data (``kit.report``): each method's default run, its metrics and
     curves, labelled with the command and date that made them."""
@@ -68,8 +82,7 @@ def show_reference(open_: bool) -> None:
     records = default_records(reference_records())
     if not records:
         return
-    groups = sorted({(r["data"], r["category"], r["budget"]) for r in records},
-                    key=lambda g: (g[0] == "sample", g[0], g[1], g[2] != "full"))
+    groups = reference_groups(records)
     with st.expander("Reference results (committed with the kit)", expanded=open_):
         key = "curves_reference_group"
         common.keep_valid(key, groups)

@@ -51,6 +51,16 @@ class Ablation:
     variants: list[AblationVariant] = field(default_factory=list)
     note: str = ""
     plot: str = "bars"  # "curve" where the paper draws a curve (x = the run's training images)
+    # further metrics its tables show after image / pixel AUROC, pixel AUPR and AUPRO, where the
+    # paper reports them too (NF-BMR's Tables 2 and 4: precision, recall and F1 at a threshold)
+    extra_metrics: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The metrics a table of this ablation shows: its own first, then the others."""
+        from kit.report import METRICS
+
+        return (self.metric, *[m for m in (*METRICS, *self.extra_metrics) if m != self.metric])
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,10 @@ PAPER = Paper(
             note="NF is the TNF's own negative log-likelihood map, a named map of the n = 2 run "
                  "(the same trained flow that BMR reads). NF+B-PFM puts B-PFM's five 1x1 layers "
                  "per direction between the same source and flow spaces. Image score: the map's "
-                 "maximum for every variant.",
+                 "maximum for every variant. Precision, recall and F1 (the paper's Tables 2 "
+                 "and 4 report them) at the run's threshold from held-out normal training images; a named map "
+                 "(NF) has no threshold of its own, so none.",
+            extra_metrics=("precision", "recall", "f1"),
         ),
     ),
     tables={
