@@ -248,7 +248,8 @@ def cmd_ablation(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from kit.grid import plan_grid, run_grid
+    from kit.grid import (append_grid_log, feature_cache_is_empty, grid_record, plan_grid,
+                          run_grid)
 
     root = default_runs_root(args.runs_root)
     data_root = default_data_root(args.data_root)
@@ -259,10 +260,16 @@ def cmd_bench(args) -> int:
             state = "complete" if job.is_complete() else "to make"
             print(f"{state:<9} {job.label}: {job.run_dir}")
         return 0
+    cache_was_empty = feature_cache_is_empty()
     result = run_grid(jobs, scheduler=args.scheduler, workers=args.workers, threads=args.threads,
                       progress=not args.quiet)
     print(f"grid: {len(result.made)} made, {len(result.skipped)} already complete, "
           f"{len(result.failed)} failed, {result.seconds:.0f} s")
+    if result.made:  # its cost, as data for `kit report` (docs/results/grid.json)
+        record = grid_record(jobs, result, ablations=not args.no_ablations, workers=args.workers,
+                             threads=args.threads, scheduler=args.scheduler,
+                             cache_was_empty=cache_was_empty)
+        print(f"  logged in {append_grid_log(root, record)}")
     for run_dir, error in result.failed:
         print(f"failed: {run_dir}: {error}", file=sys.stderr)
     if args.report:

@@ -12,6 +12,9 @@ maps of one model share one job; variants sourced from another table add nothing
 also gets one run of its default settings (``<method>-default-...``) unless one of its
 ablation runs already has no overrides. A job whose folder already holds a complete run of
 today's settings on the same data is skipped, so an interrupted grid resumes where it stopped.
+``python -m kit bench`` appends what each grid that made runs cost (wall time, load average,
+workers and threads) to ``<runs root>/grid_log.jsonl`` (:func:`grid_record`), which
+``python -m kit report`` collects into ``docs/results/grid.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from kit.pipeline import run_is_current
 from kit.runstore import safe_run_dir
 
 DEFAULT_ABLATION = "default"  # the tag of a method's run with its default settings
+GRID_LOG = "grid_log.jsonl"  # in the runs root: one line per grid that made runs (its wall time)
 
 
 @dataclass(frozen=True)
@@ -142,17 +146,37 @@ class GridResult:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (run folder, error)
     seconds: float = 0.0
+    started: str = ""  # local time the grid began, ISO format
+    load_before: float | None = None  # 1-minute load average as it began and as it ended:
+    load_after: float | None = None  # a busy machine makes every run slower
+
+
+# Dask's nanny starts each worker with these set (distributed.nanny.pre-spawn-environ), and
+# writes them into the environment of the process that starts the cluster as well, so every
+# process started from it later (a notebook's kernel, the next test's) inherits them:
+# - MALLOC_TRIM_THRESHOLD_=65536 makes glibc hand freed memory back at once, so every forward
+#   pass maps fresh pages again: a method's predict ran about 2x slower in a worker than in a
+#   plain process (benchmarks/bench_grid_worker.py measures it);
+# - *_NUM_THREADS=1 starts torch and numpy on one thread in those later processes.
+# A job sets its own threads (run_job), so the local cluster starts its workers with none of them.
+WORKER_ENV_UNSET = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                    "OPENBLAS_NUM_THREADS")
 
 
 def local_cluster(workers: int = 1):
-    """A ``dask.distributed.LocalCluster`` on loopback: ``workers`` processes, one job each."""
+    """A ``dask.distributed.LocalCluster`` on loopback: ``workers`` processes, one job each,
+    started without Dask's worker environment (:data:`WORKER_ENV_UNSET`)."""
     import dask
     from dask.distributed import LocalCluster
 
     # a job that kills its worker (out of memory) fails once instead of being refitted 3 times
     dask.config.set({"distributed.scheduler.allowed-failures": 0})
-    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                        host="127.0.0.1", dashboard_address=None)
+    # None unsets a variable (distributed.nanny._get_env_variables); the nanny reads the
+    # setting when the cluster starts it
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": None
+                          for name in WORKER_ENV_UNSET}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                            host="127.0.0.1", dashboard_address=None)
 
 
 def run_grid(jobs: list[GridJob], scheduler: str | None = None, workers: int = 1,
@@ -167,7 +191,7 @@ def run_grid(jobs: list[GridJob], scheduler: str | None = None, workers: int = 1
     from dask.distributed import Client, as_completed
     from tqdm.auto import tqdm
 
-    result = GridResult()
+    result = GridResult(started=time.strftime("%Y-%m-%dT%H:%M:%S"), load_before=_load())
     start = time.perf_counter()
     todo = []
     for job in jobs:
@@ -179,7 +203,7 @@ def run_grid(jobs: list[GridJob], scheduler: str | None = None, workers: int = 1
         print(f"grid: {len(jobs)} runs, {len(result.skipped)} already complete, {len(todo)} to make"
               + (f" on {scheduler}" if scheduler else f" on a local cluster of {workers} worker(s)"))
     if not todo:
-        result.seconds = time.perf_counter() - start
+        result.seconds, result.load_after = time.perf_counter() - start, _load()
         return result
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     cluster = None if scheduler else local_cluster(workers)
@@ -212,9 +236,82 @@ def run_grid(jobs: list[GridJob], scheduler: str | None = None, workers: int = 1
         client.close()
         if cluster is not None:
             cluster.close()
-    result.seconds = time.perf_counter() - start
+    result.seconds, result.load_after = time.perf_counter() - start, _load()
     return result
 
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not every platform has a load average
+        return None
+
+
+def feature_cache_is_empty() -> bool:
+    """No cached backbone features yet (``kit.cache``): a grid begun so pays every forward."""
+    from kit.paths import cache_dir
+
+    folder = cache_dir() / "features"
+    return not folder.is_dir() or not any(folder.iterdir())
+
+
+def grid_record(jobs: list[GridJob], result: GridResult, *, ablations: bool, workers: int,
+                threads: int | None, scheduler: str | None, cache_was_empty: bool
+                ) -> dict[str, Any]:
+    """What one grid cost, as data: its wall time beside the runs' own seconds, how it ran and
+    how busy the machine was. ``whole``: every registered method with every ablation variant,
+    each run made by this grid (nothing skipped or failed), so the wall time is the grid's.
+    """
+    import torch
+
+    import kit
+
+    methods = sorted({job.method for job in jobs})
+    return {
+        "created": result.started, "budget": sorted({job.budget for job in jobs}),
+        "data_root": sorted({job.data_root for job in jobs}),
+        "categories": sorted({job.category for job in jobs}),
+        "fingerprints": sorted({job.fingerprint for job in jobs}),
+        "methods": methods, "ablations": ablations, "seeds": sorted({job.seed for job in jobs}),
+        "whole": (ablations and methods == sorted(load_methods()) and bool(result.made)
+                  and not result.skipped and not result.failed),
+        "runs": len(jobs), "made": len(result.made), "skipped": len(result.skipped),
+        "failed": len(result.failed), "seconds": round(result.seconds, 1),
+        "run_seconds": round(sum(m["seconds"] for m in result.made), 1),
+        "workers": workers if scheduler is None else None,
+        "threads": threads or max(1, (os.cpu_count() or 1) // max(1, workers)),
+        "cluster": "local" if scheduler is None else "scheduler", "cpu_count": os.cpu_count(),
+        "load_before": result.load_before, "load_after": result.load_after,
+        "feature_cache_empty": cache_was_empty, "kit_version": kit.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def append_grid_log(runs_root: Path | str, record: dict[str, Any]) -> Path:
+    """Append ``record`` as one line of ``<runs_root>/grid_log.jsonl``; returns the file."""
+    path = Path(runs_root) / GRID_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+    return path
+
+
+def read_grid_log(runs_root: Path | str) -> list[dict[str, Any]]:
+    """The records of ``<runs_root>/grid_log.jsonl``, oldest first; a line that is not a JSON
+    object with a wall time (a grid killed mid-write) is left out."""
+    path = Path(runs_root) / GRID_LOG
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("seconds"), (int, float)):
+            records.append(record)
+    return records

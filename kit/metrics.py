@@ -25,7 +25,7 @@ Conventions
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -152,9 +152,12 @@ class _Ranking:
     cumulative sum over all pixels, which matters at 38M pixels.
     """
 
-    def __init__(self, pos: np.ndarray, neg: np.ndarray, weight: Optional[np.ndarray] = None):
+    def __init__(self, pos: np.ndarray, neg: np.ndarray, weight: Optional[np.ndarray] = None,
+                 sorted_neg: Sequence[np.ndarray] = ()):
+        # sorted_neg: more normal scores, each array already ascending (shared by several
+        # rankings, as by_defect_type's normal images are, so they are sorted once)
         self.n_pos = int(pos.size)
-        self.n_neg = int(neg.size)
+        self.n_neg = int(neg.size) + sum(int(n.size) for n in sorted_neg)
         order = np.argsort(pos)[::-1]  # descending; order inside a tie is irrelevant (see below)
         pos = pos[order]
         w = np.ones(self.n_pos) if weight is None else np.asarray(weight, dtype=np.float64)[order]
@@ -172,8 +175,16 @@ class _Ranking:
         self.w_ge = cum_w[last + 1]
         self.w_total = float(cum_w[-1])
         neg.sort()  # ascending; count of normals >= u is Q - (number of normals < u)
-        self.fp_gt = (self.n_neg - np.searchsorted(neg, self.u, side="right")).astype(np.float64)
-        self.fp_ge = (self.n_neg - np.searchsorted(neg, self.u, side="left")).astype(np.float64)
+        self._neg = neg
+        parts = [neg, *sorted_neg]
+        self.fp_gt = (self.n_neg - sum(np.searchsorted(n, self.u, side="right") for n in parts)
+                      ).astype(np.float64)
+        self.fp_ge = (self.n_neg - sum(np.searchsorted(n, self.u, side="left") for n in parts)
+                      ).astype(np.float64)
+
+    def sorted_normals(self) -> np.ndarray:
+        """The normal scores given as ``neg``, ascending (not ``sorted_neg``)."""
+        return self._neg
 
     @property
     def defined(self) -> bool:
@@ -232,10 +243,12 @@ def _truncate(x: np.ndarray, y: np.ndarray, limit: float) -> tuple[np.ndarray, n
     return xs, ys
 
 
-def _pixel_ranking(maps: Any, masks: Any, include: Any) -> tuple[_Ranking, int]:
+def _pixel_ranking(maps: Any, masks: Any, include: Any,
+                   sorted_neg: Sequence[np.ndarray] = ()) -> tuple[_Ranking, int]:
     """Rank the pixels of the included images; returns ``(ranking, number of regions)``.
 
-    maps ``[N, H, W]``, masks ``[N, H, W]`` bool or 0/1, include ``[N]`` bool or None (= all).
+    maps ``[N, H, W]``, masks ``[N, H, W]`` bool or 0/1, include ``[N]`` bool or None (= all);
+    ``sorted_neg``: normal scores of other images, ascending, ranked with them (see _Ranking).
     Works image by image into preallocated buffers: one copy of the included normal scores
     (float32 maps: 4 bytes per pixel) plus per-anomalous-pixel arrays, no full-size temporaries.
     """
@@ -271,7 +284,7 @@ def _pixel_ranking(maps: Any, masks: Any, include: Any) -> tuple[_Ranking, int]:
             weight[at_pos:at_pos + k] = 1.0 / size[region_of_pixel]
             at_pos += k
             n_regions += n
-    return _Ranking(pos, neg, weight), n_regions
+    return _Ranking(pos, neg, weight, sorted_neg), n_regions
 
 
 def _check_fpr_limit(fpr_limit: float) -> float:
@@ -303,6 +316,13 @@ def image_auroc(scores: Any, labels: Any) -> Optional[float]:
     return float(roc_auc_score(y, s))
 
 
+def _metrics_of(ranking: _Ranking, n_regions: int, fpr_limit: float) -> dict[str, Optional[float]]:
+    if not ranking.defined:
+        return {"pixel_auroc": None, "pixel_aupr": None, "aupro": None}
+    return {"pixel_auroc": ranking.auroc(), "pixel_aupr": ranking.average_precision(),
+            "aupro": _aupro_from(ranking, n_regions, fpr_limit)}
+
+
 def pixel_metrics(maps: Any, masks: Any, include: Any = None,
                   fpr_limit: float = DEFAULT_FPR_LIMIT) -> dict[str, Optional[float]]:
     """Pixel AUROC, pixel AUPR (average precision) and AUPRO, from one shared ranking.
@@ -317,14 +337,7 @@ def pixel_metrics(maps: Any, masks: Any, include: Any = None,
     and ~2.4 GB for AUROC + AP alone.
     """
     fpr_limit = _check_fpr_limit(fpr_limit)
-    ranking, n_regions = _pixel_ranking(maps, masks, include)
-    if not ranking.defined:
-        return {"pixel_auroc": None, "pixel_aupr": None, "aupro": None}
-    return {
-        "pixel_auroc": ranking.auroc(),
-        "pixel_aupr": ranking.average_precision(),
-        "aupro": _aupro_from(ranking, n_regions, fpr_limit),
-    }
+    return _metrics_of(*_pixel_ranking(maps, masks, include), fpr_limit)
 
 
 def per_image_pixel_auroc(maps: Any, masks: Any, include: Any = None) -> Optional[float]:
@@ -551,13 +564,22 @@ def by_defect_type(scores: Any, labels: Any, defect_types: Any, maps: Any = None
     defect_pixels = ({t: int(np.count_nonzero(g[y & inc & (types == t)])) for t in set(types[y])}
                      if g is not None else {})
     total = sum(defect_pixels.values())
+    if maps is not None and g is not None:
+        # every type is ranked against the same normal images: their scores sorted once
+        fpr_limit = _check_fpr_limit(fpr_limit)
+        normals = _pixel_ranking(maps, g, inc & ~y)[0]
+        # (a normal image with mask pixels would lose them here: then each type ranks alone)
+        normal_neg = normals.sorted_normals() if normals.n_pos == 0 else None
     out: dict[str, dict[str, Any]] = {}
     for t in sorted(set(types[y])):
         subset = ((types == t) & y) | ~y
         row: dict[str, Any] = {"n": int(np.count_nonzero(types[y] == t)),
                                "image_auroc": image_auroc(s[subset], y[subset])}
         if maps is not None and g is not None:
-            row.update(pixel_metrics(maps, g, inc & subset, fpr_limit=fpr_limit))
+            row.update(pixel_metrics(maps, g, inc & subset, fpr_limit=fpr_limit)
+                       if normal_neg is None else
+                       _metrics_of(*_pixel_ranking(maps, g, inc & y & (types == t), [normal_neg]),
+                                   fpr_limit))
             row["pixel_share"] = defect_pixels[t] / total if total else None
         out[str(t)] = row
     return out

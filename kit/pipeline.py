@@ -152,14 +152,16 @@ def collect_features(method: AnomalyMethod, train: list[Sample], test: list[Samp
 
 
 def evaluate_scored(test: list[Sample], scored: Scored, image_size: int, threshold: float | None,
-                    has_masks: bool, name: str = "primary") -> dict[str, Any]:
+                    has_masks: bool, name: str = "primary",
+                    masks_include: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Metrics of scored test samples (pixel metrics only where masks exist), of the primary
-    map or of the named map ``name``, with the same metrics per defect type (``by_defect``)."""
+    map or of the named map ``name``, with the same metrics per defect type (``by_defect``).
+    ``masks_include``: ``ImageSet(test, image_size).masks()`` when the caller has read them."""
     labels = np.array([s.label for s in test])
     types = [s.defect_type for s in test]
     scores, maps = scored.of(name)
     if has_masks:
-        masks, include = ImageSet(test, image_size).masks()
+        masks, include = masks_include or ImageSet(test, image_size).masks()
         return {**M.evaluate(scores, labels, maps, masks, include, threshold=threshold),
                 "by_defect": M.by_defect_type(scores, labels, types, maps, masks, include)}
     return {**M.evaluate(scores, labels, threshold=threshold),
@@ -167,13 +169,16 @@ def evaluate_scored(test: list[Sample], scored: Scored, image_size: int, thresho
 
 
 def named_map_metrics(test: list[Sample], scored: Scored, normal: Scored, image_size: int,
-                      quantile: float, has_masks: bool) -> dict[str, dict[str, Any]]:
+                      quantile: float, has_masks: bool,
+                      masks_include: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> dict[str, dict[str, Any]]:
     """``{name: metrics}`` of every named map, each thresholded on its own held-out normal
     scores exactly as the primary map is."""
     out = {}
     for name in scored.named_maps:
         threshold = M.threshold_from_normal(normal.named_scores[name], quantile)
-        out[name] = evaluate_scored(test, scored, image_size, threshold, has_masks, name)
+        out[name] = evaluate_scored(test, scored, image_size, threshold, has_masks, name,
+                                    masks_include)
     return out
 
 
@@ -232,16 +237,18 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
         info_after = method.inference_info()
     inference_info = {k: v - info_before.get(k, 0) if isinstance(v, (int, float)) else v
                       for k, v in info_after.items()}
-    # metrics on the full-size maps, before the run stores display-sized copies
-    results = evaluate_scored(cat.test, test, cfg.image_size, threshold, cat.has_masks)
+    # metrics on the full-size maps, before the run stores display-sized copies; the masks
+    # are read once for every map
+    masks, include = (ImageSet(cat.test, cfg.image_size).masks() if cat.has_masks
+                      else (None, np.zeros(len(cat.test), bool)))
+    results = evaluate_scored(cat.test, test, cfg.image_size, threshold, cat.has_masks,
+                              masks_include=(masks, include) if cat.has_masks else None)
     per_map = named_map_metrics(cat.test, test, normal, cfg.image_size, cfg.threshold_quantile,
-                                cat.has_masks)
+                                cat.has_masks, (masks, include) if cat.has_masks else None)
     stage("collecting features for embeddings", 0.9)
     features = collect_features(method, fit_samples, cat.test, seed, progress)
 
     labels = np.array([s.label for s in cat.test])
-    masks, include = (ImageSet(cat.test, cfg.image_size).masks() if cat.has_masks
-                      else (None, np.zeros(len(cat.test), bool)))
     curve_data = M.curves(test.scores, labels, test.maps if cat.has_masks else None, masks,
                           include if cat.has_masks else None)
     state = method.state_dict()

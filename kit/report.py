@@ -35,6 +35,8 @@ RESULTS_FILE = REPO_ROOT / "docs" / "results" / "runs.json"
 SPEED_FILE = REPO_ROOT / "docs" / "results" / "speed.json"  # benchmarks/bench_methods.py writes it
 PEER_FILE = REPO_ROOT / "docs" / "results" / "peer.json"  # benchmarks/peer_anomalib.py writes it
 BACKBONES_FILE = REPO_ROOT / "docs" / "results" / "backbones.json"  # benchmarks/bench_backbones.py writes it
+GRID_FILE = REPO_ROOT / "docs" / "results" / "grid.json"  # kit bench's logs of whole grids
+GRID_TARGET_MINUTES = 30  # issue 13: the whole quick grid on MTD within 30 minutes on 2 cores
 PEER_SPEEDUP_TARGET = 2.0  # issue 13: cflow at least 2x faster at inference than anomalib's CFlow
 OVERHEAD_TARGET = 1.5  # issue 13: a method's inference at most 1.5x its bare backbone forward
 REPORT_FILE = REPO_ROOT / "docs" / "report.md"
@@ -835,6 +837,51 @@ def _default_batch(row: dict[str, Any]) -> int | None:
             else row.get("batch_size"))
 
 
+def collect_grids(runs_root: Path | str) -> list[dict[str, Any]]:
+    """The grids ``kit bench`` logged under ``runs_root`` that made every one of their runs
+    (none skipped, none failed), so their wall time is what the grid costs; the data roots
+    become :func:`data_label` names (no machine paths in the committed data)."""
+    from kit.grid import read_grid_log
+
+    return [{**{k: v for k, v in r.items() if k != "data_root"},
+             "data": [data_label(root) for root in r.get("data_root", [])]}
+            for r in read_grid_log(runs_root)
+            if r.get("made") and not r.get("skipped") and not r.get("failed")]
+
+
+def load_grids(path: Path | str | None = None) -> list[dict[str, Any]]:
+    """The collected grids (:data:`GRID_FILE`), ``[]`` when there are none."""
+    return _load_list(Path(path or GRID_FILE), "grid records",
+                      lambda r: {"created", "seconds", "runs", "whole"} <= set(r))
+
+
+def merge_grids(old: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per grid (its start time and data), oldest first."""
+    merged = {(r["created"], tuple(r.get("fingerprints", []))): r for r in [*old, *new]}
+    return [merged[k] for k in sorted(merged)]
+
+
+def grid_markdown(grids: list[dict[str, Any]]) -> str:
+    """The grids' wall time beside the sum of their runs' own seconds."""
+    lines = ["| begun | budget | data | runs (methods) | every method and variant | workers x "
+             "threads | wall min | runs' own min | feature cache empty before | load before -> "
+             f"after | whole quick grid <= {GRID_TARGET_MINUTES} min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in grids:
+        quick_whole = r["whole"] and r.get("budget") == ["quick"]
+        target = ("yes" if r["seconds"] <= 60 * GRID_TARGET_MINUTES else "no") if quick_whole else "-"
+        load = " -> ".join("-" if v is None else f"{v:.2f}"
+                           for v in (r.get("load_before"), r.get("load_after")))
+        lines.append(
+            f"| {r['created'][:16].replace('T', ' ')} | {', '.join(r.get('budget', []))} | "
+            f"{', '.join(r.get('data', []))} ({', '.join(r.get('categories', []))}) | "
+            f"{r['runs']} ({len(r.get('methods', []))}) | {'yes' if r['whole'] else 'no'} | "
+            f"{r.get('workers') or '-'} x {r.get('threads')} | {r['seconds'] / 60:.1f} | "
+            f"{r.get('run_seconds', 0) / 60:.1f} | "
+            f"{'yes' if r.get('feature_cache_empty') else 'no'} | {load} | {target} |")
+    return "\n".join(lines)
+
+
 def load_backbones(path: Path | str | None = None) -> list[dict[str, Any]]:
     """The backbone measurements (:data:`BACKBONES_FILE`), ``[]`` when there are none."""
     return _load_list(Path(path or BACKBONES_FILE), "measurements",
@@ -933,7 +980,8 @@ def peer_markdown(rows: list[dict[str, Any]]) -> str:
 def render_report(records: list[dict[str, Any]], results_name: str = "docs/results/runs.json",
                   plots_dir: str = "report", speed: list[dict[str, Any]] | None = None,
                   peer: list[dict[str, Any]] | None = None,
-                  backbones: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
+                  backbones: list[dict[str, Any]] | None = None,
+                  grids: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
     """``(markdown, plots)``: the report's text and ``{file name: figure spec}`` for
     :func:`draw_plots`. Pure: the same records give the same text."""
     from kit.method import load_methods
@@ -1036,6 +1084,15 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                 "backbone forward; median of the repeats. anomalib scores the test set in batches "
                 "of 32, and its CFlow map depends on the batch (it subtracts the batch's maximum); "
                 "ours does not.", "", peer_markdown(peer), ""]
+    if grids:
+        out += ["## What the grid costs", "",
+                "`python -m kit bench` logs every grid it runs (`grid_log.jsonl` in the runs "
+                "root); `python -m kit report` keeps those that made all of their runs (data: "
+                "`docs/results/grid.json`). Wall time is the whole command after planning: the "
+                "Dask cluster, every fit, scoring, metrics and writing each run. The runs' own "
+                "minutes add up each job's time on its worker. A grid begun with an empty "
+                "feature cache pays every backbone forward that DifferNet's variants share.",
+                "", grid_markdown(grids), ""]
     budgets = {r["budget"] for r in records}
     if records:
         out += ["## Which split each choice used", "", choices_markdown(records, methods, budgets), ""]
@@ -1132,11 +1189,18 @@ def write_report(runs_root: Path | str | None, results: Path | str = RESULTS_FIL
     results.write_text(data["runs.json"])
     results.with_suffix(".csv").write_text(data["runs.csv"])
     files = [results, results.with_suffix(".csv")]
+    grids_file = results.with_name(GRID_FILE.name)
+    grids = merge_grids(load_grids(grids_file),
+                        collect_grids(runs_root) if runs_root is not None else [])
+    if grids:
+        grids_file.write_text(json.dumps(grids, indent=1, sort_keys=True) + "\n")
+        files.append(grids_file)
     plots_dir = report.parent / report.stem
     text, specs = render_report(records, _rel(results, report.parent), plots_dir.name,
                                 speed=load_speed(results.with_name("speed.json")),
                                 peer=load_peer(results.with_name("peer.json")),
-                                backbones=load_backbones(results.with_name("backbones.json")))
+                                backbones=load_backbones(results.with_name("backbones.json")),
+                                grids=grids)
     report.write_text(text)
     files.append(report)
     if plots:

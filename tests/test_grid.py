@@ -12,7 +12,8 @@ from conftest import make_toy_dataset
 from fixtures_runs import tiny_overrides
 from kit.cli import main
 from kit.experiments import is_plain_variant, run_name
-from kit.grid import DEFAULT_ABLATION, GridJob, plan_grid, run_grid
+from kit.grid import (DEFAULT_ABLATION, GRID_LOG, WORKER_ENV_UNSET, GridJob, grid_record,
+                      local_cluster, plan_grid, read_grid_log, run_grid)
 from kit.method import load_methods
 from kit.runstore import load_run
 
@@ -65,9 +66,10 @@ def test_tiny_grid_on_a_local_dask_cluster_resumes(toy, tmp_path):
     """Every registered method's default run on a LocalCluster over loopback, one worker; then
     the same grid again through the cluster's scheduler address makes nothing; a failing job
     is reported and does not stop the others."""
-    from dask.distributed import LocalCluster
+    import os
 
     runs = tmp_path / "runs"
+    environ = dict(os.environ)
     jobs = plan_grid(runs, toy, ["toy"], ablations=False, extra_overrides=TINY_ALL)
     bad = GridJob(**{**jobs[0].__dict__, "overrides": {**jobs[0].overrides, "image_size": -5},
                      "run_dir": str(runs / "bad-run")})
@@ -78,6 +80,12 @@ def test_tiny_grid_on_a_local_dask_cluster_resumes(toy, tmp_path):
     assert [run for run, _ in result.failed] == [bad.run_dir]
     assert "image_size" in result.failed[0][1]
     assert len(done) == len(jobs) + 1
+    record = grid_record(jobs + [bad], result, ablations=False, workers=1, threads=1,
+                         scheduler=None, cache_was_empty=False)
+    assert (record["runs"], record["made"], record["failed"]) == (len(jobs) + 1, len(jobs), 1)
+    assert record["methods"] == sorted(load_methods()) and not record["whole"]  # no ablations
+    assert 0 < record["run_seconds"] and record["seconds"] > 0 and result.started
+    assert result.load_before is not None and result.load_after is not None
     for job in jobs:
         run = load_run(job.run_dir)
         assert run.method == job.method
@@ -87,13 +95,16 @@ def test_tiny_grid_on_a_local_dask_cluster_resumes(toy, tmp_path):
     assert not (runs / "bad-run").exists()
     lost = jobs[0]
     shutil.rmtree(lost.run_dir)  # one run lost: the grid through a scheduler address remakes it
-    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+    with local_cluster(1) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         again = run_grid(jobs, scheduler=cluster.scheduler_address, threads=1, progress=False)
     assert [m["run_dir"] for m in again.made] == [lost.run_dir]
     assert sorted(again.skipped) == sorted(j.run_dir for j in jobs[1:])
     assert load_run(lost.run_dir).method == lost.method
+    # Dask's worker settings (glibc trimming, one thread) stay out of this process, so the
+    # kernels and processes it starts later (the notebooks' tests) run at full speed
+    assert ({k: os.environ.get(k) for k in WORKER_ENV_UNSET}
+            == {k: environ.get(k) for k in WORKER_ENV_UNSET})
 
 
 def test_cli_dry_run_lists_the_grid(toy, tmp_path, capsys):
@@ -105,6 +116,22 @@ def test_cli_dry_run_lists_the_grid(toy, tmp_path, capsys):
     assert len(lines) == len(plan_grid(tmp_path, toy, ["toy"], ["padim", "nf_bmr"]))
     assert any("padim default" in line for line in lines)
     assert any("nf_bmr table5 n=2/NF" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_cli_bench_logs_what_each_grid_cost(toy, tmp_path, capsys):
+    """Each `kit bench` that makes runs appends its wall time to the runs root's grid log; a
+    second one with nothing left to make adds nothing."""
+    args = ["bench", "--data-root", str(toy), "--categories", "toy", "--runs-root",
+            str(tmp_path), "--methods", "padim", "--no-ablations", "--threads", "1", "--quiet"]
+    assert main(args) == 0
+    (record,) = read_grid_log(tmp_path)
+    assert (record["runs"], record["made"], record["skipped"]) == (1, 1, 0)
+    assert record["methods"] == ["padim"] and not record["whole"] and record["threads"] == 1
+    assert record["data_root"] == [str(toy.resolve())] and record["seconds"] > 0
+    assert str(tmp_path / GRID_LOG) in capsys.readouterr().out
+    assert main(args) == 0  # already complete: nothing made, nothing logged
+    assert len(read_grid_log(tmp_path)) == 1
 
 
 def test_cli_bench_names_an_unknown_category(toy, tmp_path, capsys):

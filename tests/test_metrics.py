@@ -500,6 +500,7 @@ def test_by_defect_type_scores_each_type_against_the_normals():
     include[11] = False                  # an unannotated defect: left out of pixel metrics
     rows = metrics.by_defect_type(scores, labels, types, maps, masks, include)
     assert sorted(rows) == ["crack", "uneven"]
+    tied = np.round(maps, 1)  # scores tied across normal and defect pixels
     for t, row in rows.items():
         sel = (types == t) | (types == "good")
         expect = metrics.pixel_metrics(maps[sel], masks[sel], include[sel])
@@ -507,6 +508,17 @@ def test_by_defect_type_scores_each_type_against_the_normals():
         assert row["aupro"] == pytest.approx(expect["aupro"])
         assert row["image_auroc"] == pytest.approx(roc_auc_score(labels[sel], scores[sel]))
         assert row["n"] == 4
+        # the normal images are ranked once for every type: exactly the plain metrics
+        for m in (maps, tied):
+            got = metrics.by_defect_type(scores, labels, types, m, masks, include)[t]
+            plain = metrics.pixel_metrics(m[sel], masks[sel], include[sel])
+            assert {k: got[k] for k in plain} == plain
+    odd = masks.copy()
+    odd[0, 0, 0] = True  # a "normal" image with a mask pixel: still each type's plain metrics
+    got = metrics.by_defect_type(scores, labels, types, tied, odd, include)["crack"]
+    sel = (types == "crack") | (types == "good")
+    plain = metrics.pixel_metrics(tied[sel], odd[sel], include[sel])
+    assert {k: got[k] for k in plain} == plain
     assert rows["crack"]["pixel_auroc"] > rows["uneven"]["pixel_auroc"]
     assert rows["crack"]["pixel_share"] == pytest.approx(16 / (16 + 3 * 128))
     assert rows["crack"]["pixel_share"] + rows["uneven"]["pixel_share"] == pytest.approx(1.0)

@@ -34,7 +34,7 @@ def committed_records() -> list[dict]:
 def test_committed_report_is_what_the_committed_data_generates():
     records = committed_records()
     text, plots = report.render_report(records, speed=report.load_speed(), peer=report.load_peer(),
-                                        backbones=report.load_backbones())
+                                        backbones=report.load_backbones(), grids=report.load_grids())
     assert report.REPORT_FILE.read_text() == text, (
         "docs/report.md differs from what docs/results/runs.json generates: do not edit it by "
         "hand; run `python -m kit report --no-collect` and commit the result")
@@ -140,6 +140,40 @@ def test_merge_keeps_records_of_runs_gone_and_replaces_remade_ones(toy, tmp_path
     assert "padim-remade" in after and "padim-default" not in after
     report.write_report(None, **paths)  # re-render only
     assert {r["run"] for r in report.load_results(paths["results"])} == set(after)
+
+
+def test_grids_made_from_scratch_are_collected_with_their_wall_time(tmp_path):
+    """A grid that made all its runs is kept (its wall time is the grid's cost); one that skipped
+    or lost runs, and a half-written line, are not; machine paths become data labels."""
+    import json
+
+    from kit.grid import GRID_LOG
+
+    runs, data = tmp_path / "runs", tmp_path / "elsewhere" / "mtd"
+    line = {"created": "2026-12-06T21:21:00", "budget": ["quick"], "data_root": [str(data)],
+            "categories": ["magnetic_tile"], "fingerprints": ["c7cce437"], "whole": True,
+            "methods": sorted(load_methods()), "runs": 27, "made": 27, "skipped": 0, "failed": 0,
+            "seconds": 1900.0, "run_seconds": 1800.0, "workers": 1, "threads": 2,
+            "load_before": 0.9, "load_after": 2.1, "feature_cache_empty": True}
+    partial = {**line, "created": "2026-12-06T23:00:00", "made": 3, "skipped": 24, "whole": False}
+    runs.mkdir()
+    (runs / GRID_LOG).write_text(json.dumps(line) + "\n" + json.dumps(partial) + "\n{\"created\n")
+    grids = report.collect_grids(runs)
+    assert len(grids) == 1 and grids[0]["data"] == ["mtd"] and "data_root" not in grids[0]
+    assert str(tmp_path) not in json.dumps(grids)
+    assert report.merge_grids(grids, grids) == grids
+    rows = report.grid_markdown(grids).splitlines()
+    assert len(rows) == 3 and rows[-1].endswith("| 31.7 | 30.0 | yes | 0.90 -> 2.10 | no |")
+    fast = {**grids[0], "seconds": 1500.0}
+    assert report.grid_markdown([fast]).endswith("| yes |")  # within the 30 minutes
+    assert report.grid_markdown([{**fast, "whole": False}]).endswith("| - |")  # not the target's grid
+    paths = report_paths(tmp_path / "out")
+    done = report.write_report(runs, **paths)
+    grid_file = paths["results"].with_name("grid.json")
+    assert grid_file in done["files"] and report.load_grids(grid_file) == grids
+    assert "## What the grid costs" in paths["report"].read_text()
+    report.write_report(None, **paths)  # re-rendering keeps the collected grid
+    assert report.load_grids(grid_file) == grids
 
 
 def test_broken_result_data_is_named(tmp_path):
