@@ -267,8 +267,7 @@ def cmd_bench(args) -> int:
           f"{len(result.failed)} failed, {result.seconds:.0f} s")
     if result.made:  # its cost, as data for `kit report` (docs/results/grid.json)
         record = grid_record(jobs, result, ablations=not args.no_ablations, workers=args.workers,
-                             threads=args.threads, scheduler=args.scheduler,
-                             cache_was_empty=cache_was_empty)
+                             scheduler=args.scheduler, cache_was_empty=cache_was_empty)
         print(f"  logged in {append_grid_log(root, record)}")
     for run_dir, error in result.failed:
         print(f"failed: {run_dir}: {error}", file=sys.stderr)

@@ -149,6 +149,7 @@ class GridResult:
     started: str = ""  # local time the grid began, ISO format
     load_before: float | None = None  # 1-minute load average as it began and as it ended:
     load_after: float | None = None  # a busy machine makes every run slower
+    threads: int | None = None  # torch threads each job ran with
 
 
 # Dask's nanny starts each worker with these set (distributed.nanny.pre-spawn-environ), and
@@ -205,7 +206,7 @@ def run_grid(jobs: list[GridJob], scheduler: str | None = None, workers: int = 1
     if not todo:
         result.seconds, result.load_after = time.perf_counter() - start, _load()
         return result
-    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads = result.threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     cluster = None if scheduler else local_cluster(workers)
     client = Client(scheduler if scheduler else cluster)
     try:
@@ -260,8 +261,7 @@ def feature_cache_is_empty() -> bool:
 
 
 def grid_record(jobs: list[GridJob], result: GridResult, *, ablations: bool, workers: int,
-                threads: int | None, scheduler: str | None, cache_was_empty: bool
-                ) -> dict[str, Any]:
+                scheduler: str | None, cache_was_empty: bool) -> dict[str, Any]:
     """What one grid cost, as data: its wall time beside the runs' own seconds, how it ran and
     how busy the machine was. ``whole``: every registered method with every ablation variant,
     each run made by this grid (nothing skipped or failed), so the wall time is the grid's.
@@ -283,7 +283,7 @@ def grid_record(jobs: list[GridJob], result: GridResult, *, ablations: bool, wor
         "failed": len(result.failed), "seconds": round(result.seconds, 1),
         "run_seconds": round(sum(m["seconds"] for m in result.made), 1),
         "workers": workers if scheduler is None else None,
-        "threads": threads or max(1, (os.cpu_count() or 1) // max(1, workers)),
+        "threads": result.threads,
         "cluster": "local" if scheduler is None else "scheduler", "cpu_count": os.cpu_count(),
         "load_before": result.load_before, "load_after": result.load_after,
         "feature_cache_empty": cache_was_empty, "kit_version": kit.__version__,

@@ -239,12 +239,12 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
                       for k, v in info_after.items()}
     # metrics on the full-size maps, before the run stores display-sized copies; the masks
     # are read once for every map
-    masks, include = (ImageSet(cat.test, cfg.image_size).masks() if cat.has_masks
-                      else (None, np.zeros(len(cat.test), bool)))
+    read = ImageSet(cat.test, cfg.image_size).masks() if cat.has_masks else None
+    masks, include = read or (None, np.zeros(len(cat.test), bool))
     results = evaluate_scored(cat.test, test, cfg.image_size, threshold, cat.has_masks,
-                              masks_include=(masks, include) if cat.has_masks else None)
+                              masks_include=read)
     per_map = named_map_metrics(cat.test, test, normal, cfg.image_size, cfg.threshold_quantile,
-                                cat.has_masks, (masks, include) if cat.has_masks else None)
+                                cat.has_masks, read)
     stage("collecting features for embeddings", 0.9)
     features = collect_features(method, fit_samples, cat.test, seed, progress)
 

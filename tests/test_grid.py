@@ -80,10 +80,11 @@ def test_tiny_grid_on_a_local_dask_cluster_resumes(toy, tmp_path):
     assert [run for run, _ in result.failed] == [bad.run_dir]
     assert "image_size" in result.failed[0][1]
     assert len(done) == len(jobs) + 1
-    record = grid_record(jobs + [bad], result, ablations=False, workers=1, threads=1,
-                         scheduler=None, cache_was_empty=False)
+    record = grid_record(jobs + [bad], result, ablations=False, workers=1, scheduler=None,
+                         cache_was_empty=False)
     assert (record["runs"], record["made"], record["failed"]) == (len(jobs) + 1, len(jobs), 1)
     assert record["methods"] == sorted(load_methods()) and not record["whole"]  # no ablations
+    assert record["threads"] == 1
     assert 0 < record["run_seconds"] and record["seconds"] > 0 and result.started
     assert result.load_before is not None and result.load_after is not None
     for job in jobs:
