@@ -7,3 +7,7 @@ Import the parts you need::
 """
 
 __version__ = "0.1.0"
+
+from kit.allocator import tune_allocator as _tune_allocator
+
+_tune_allocator()  # glibc keeps freed tensor memory for reuse (kit/allocator.py; KIT_TUNE_MALLOC=0: off)

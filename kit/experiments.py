@@ -21,7 +21,8 @@ from typing import Any, Callable
 from kit.data import dataset_fingerprint
 from kit.method import method_class
 from kit.papers import Ablation, AblationVariant
-from kit.pipeline import run_experiment, run_fingerprint, run_is_current
+from kit.pipeline import (RunTarget, fit_settings, run_experiments, run_fingerprint,
+                          run_is_current)
 from kit.runstore import Run, list_runs, safe_run_dir
 
 
@@ -42,11 +43,33 @@ def fit_or_reuse(method: str, data_root: Path | str, category: str, out: Path | 
     """``out`` as a run of these settings on this data: kept when it already is one (so a
     re-executed notebook or an interrupted sweep costs nothing), else fitted again in place.
     ``fingerprint``: :func:`kit.data.dataset_fingerprint` of the data, when already known."""
+    return fit_or_reuse_shared(method, data_root, category,
+                               [RunTarget(out, dict(overrides or {}), dict(tags or {}))],
+                               budget, seed, progress, fingerprint)[0]
+
+
+def fit_or_reuse_shared(method: str, data_root: Path | str, category: str,
+                        targets: list[RunTarget], budget: str = "quick", seed: int = 0,
+                        progress: bool = True, fingerprint: str | None = None,
+                        on_written: Callable[[Path], None] | None = None) -> list[Path]:
+    """:func:`fit_or_reuse` of runs whose settings differ only in scoring (equal
+    :func:`kit.pipeline.fit_settings`): the runs that are not current share one fit."""
     fingerprint = fingerprint or dataset_fingerprint(data_root, category)
-    if not run_is_current(out, method, budget, seed, overrides, fingerprint):
-        run_experiment(method, data_root, category, out, budget=budget, seed=seed,
-                       overrides=overrides, tags=tags, progress=progress, overwrite=True)
-    return Path(out)
+    stale = [t for t in targets
+             if not run_is_current(t.out_dir, method, budget, seed, t.overrides, fingerprint)]
+    run_experiments(method, data_root, category, stale, budget=budget, seed=seed,
+                    progress=progress, overwrite=True, on_written=on_written)
+    return [Path(t.out_dir) for t in targets]
+
+
+def shared_fit_groups(method: str, budget: str, seed: int,
+                      overrides: list[dict[str, Any]]) -> list[list[int]]:
+    """Indices of ``overrides`` grouped by :func:`kit.pipeline.fit_settings` (in order):
+    each group can share one fit."""
+    groups: dict[str, list[int]] = {}
+    for i, o in enumerate(overrides):
+        groups.setdefault(fit_settings(method, budget, seed, o), []).append(i)
+    return list(groups.values())
 
 
 def is_plain_variant(variant: AblationVariant) -> bool:
@@ -112,18 +135,22 @@ def run_ablation(method: str, name: str, data_root: Path | str, category: str, r
     wanted = {v.label for v in chosen}
     groups = [g for g in variant_groups([v for v in ablation.variants if v.source is None])
               if any(v.label in wanted for v in g)]
-    for group in groups:
-        for seed in seeds:
-            out = safe_run_dir(runs_root, run_name(method, name, group[0].label, budget, seed,
-                                                   fingerprint))
-            overrides = {**(extra_overrides or {}), **group[0].overrides}
-            fit_or_reuse(method, data_root, category, out, budget=budget, seed=seed,
-                         overrides=overrides, tags=variant_tags(name, group),
-                         progress=progress, fingerprint=fingerprint)
-            if on_run:
-                on_run(group[0].label, out)
-            paths.append(out)
-    return paths
+    made: dict[tuple[int, int], Path] = {}  # (group, seed) -> run folder
+    for seed in seeds:
+        targets = [RunTarget(safe_run_dir(runs_root, run_name(method, name, group[0].label,
+                                                              budget, seed, fingerprint)),
+                             {**(extra_overrides or {}), **group[0].overrides},
+                             variant_tags(name, group))
+                   for group in groups]
+        # groups whose settings differ only in scoring (Table 3 D-G) share one fit
+        for shared in shared_fit_groups(method, budget, seed, [t.overrides for t in targets]):
+            fit_or_reuse_shared(method, data_root, category, [targets[i] for i in shared],
+                                budget, seed, progress, fingerprint)
+            for i in shared:
+                if on_run:
+                    on_run(groups[i][0].label, Path(targets[i].out_dir))
+                made[i, seed] = Path(targets[i].out_dir)
+    return paths + [made[i, seed] for i in range(len(groups)) for seed in seeds]
 
 
 def ablation_runs(runs: list[Run], method: str, name: str) -> dict[str, list[Run]]:

@@ -12,6 +12,8 @@ maps of one model share one job; variants sourced from another table add nothing
 also gets one run of its default settings (``<method>-default-...``) unless one of its
 ablation runs already has no overrides. A job whose folder already holds a complete run of
 today's settings on the same data is skipped, so an interrupted grid resumes where it stopped.
+Jobs that differ only in scoring settings (DifferNet's Table 3 D-G: the number of test
+transforms) go to one worker as one task and share one fit (:func:`fit_groups`).
 ``python -m kit bench`` appends what each grid that made runs cost (wall time, load average,
 workers and threads) to ``<runs root>/grid_log.jsonl`` (:func:`grid_record`), which
 ``python -m kit report`` collects into ``docs/results/grid.json``.
@@ -118,24 +120,62 @@ def _method_jobs(name: str, runs_root, data_root, category: str, budget: str,
 def run_job(job: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
     """Fit one job (a :class:`GridJob` as a dict, so any worker can unpickle it without the
     class); returns what the grid reports. Runs on a Dask worker, or in-process."""
+    return run_jobs([job], threads)[0]
+
+
+def run_jobs(jobs: list[dict[str, Any]], threads: int | None = None) -> list[dict[str, Any]]:
+    """:func:`run_job` of jobs that share one fit (:func:`fit_groups`: same method, data, seed
+    and fit settings); one summary per job, in order. ``seconds`` of the first run made counts
+    the fit, those of the others only their own scoring."""
     import torch
     from threadpoolctl import threadpool_limits
 
-    from kit.experiments import fit_or_reuse
+    from kit.experiments import fit_or_reuse_shared
+    from kit.pipeline import RunTarget
 
+    first = jobs[0]
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     start = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def written(path: Path) -> None:
+        nonlocal start
+        now = time.perf_counter()
+        seconds[str(path)] = round(now - start, 1)
+        start = now
+
     # Dask's nanny starts workers with OMP/MKL/OpenBLAS at one thread; numpy and scikit-learn
     # get the job's threads back, so a grid run costs what `python -m kit fit` costs
     with threadpool_limits(threads):
-        fit_or_reuse(job["method"], job["data_root"], job["category"], job["run_dir"],
-                     budget=job["budget"], seed=job["seed"], overrides=job["overrides"],
-                     tags=job["tags"], progress=False, fingerprint=job["fingerprint"])
+        fit_or_reuse_shared(first["method"], first["data_root"], first["category"],
+                            [RunTarget(job["run_dir"], job["overrides"], job["tags"])
+                             for job in jobs],
+                            budget=first["budget"], seed=first["seed"], progress=False,
+                            fingerprint=first["fingerprint"], on_written=written)
+    summaries = []
+    for job in jobs:
+        metrics = json.loads((Path(job["run_dir"]) / "metrics.json").read_text())
+        summaries.append({"run_dir": job["run_dir"],
+                          "seconds": seconds.get(str(Path(job["run_dir"])), 0.0),
+                          **{k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}})
+    return summaries
 
-    metrics = json.loads((Path(job["run_dir"]) / "metrics.json").read_text())
-    return {"run_dir": job["run_dir"], "seconds": round(time.perf_counter() - start, 1),
-            **{k: metrics.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}}
+
+def fit_groups(jobs: list[GridJob]) -> list[list[GridJob]]:
+    """Jobs grouped so that each group needs one fit (in plan order): the same method, data,
+    budget and seed, with overrides that differ only in scoring settings."""
+    from kit.pipeline import fit_settings
+
+    groups: dict[tuple, list[GridJob]] = {}
+    for job in jobs:
+        try:
+            fit = fit_settings(job.method, job.budget, job.seed, job.overrides)
+        except Exception:  # noqa: BLE001 - settings the job refuses: it fails alone, reported
+            fit = f"refused: {job.run_dir}"
+        key = (job.method, job.data_root, job.category, job.budget, job.seed, job.fingerprint, fit)
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
 
 
 @dataclass
@@ -210,28 +250,34 @@ def run_grid(jobs: list[GridJob], scheduler: str | None = None, workers: int = 1
     cluster = None if scheduler else local_cluster(workers)
     client = Client(scheduler if scheduler else cluster)
     try:
+        # one task per fit: runs that differ only in scoring settings share it (fit_groups);
         # priorities keep the plan's order (Dask runs higher ones first)
-        futures = {client.submit(run_job, asdict(job), threads, key=f"kit-{Path(job.run_dir).name}",
-                                 pure=False, priority=len(todo) - i): job
-                   for i, job in enumerate(todo)}
+        groups = fit_groups(todo)
+        futures = {client.submit(run_jobs, [asdict(job) for job in group], threads,
+                                 key=f"kit-{Path(group[0].run_dir).name}", pure=False,
+                                 priority=len(groups) - i): group
+                   for i, group in enumerate(groups)}
         bar = tqdm(total=len(todo), desc="grid", unit="run", disable=not progress)
         for future in as_completed(futures):
-            job = futures[future]
+            group = futures[future]
             try:
-                summary = future.result()
+                summaries = future.result()
             except Exception as err:  # noqa: BLE001 - reported, and the rest of the grid goes on
-                result.failed.append((job.run_dir, f"{type(err).__name__}: {err}"))
-                if on_done:
-                    on_done(job, None, str(err))
-                bar.write(f"failed: {job.label}: {type(err).__name__}: {err}")
+                for job in group:
+                    result.failed.append((job.run_dir, f"{type(err).__name__}: {err}"))
+                    if on_done:
+                        on_done(job, None, str(err))
+                    bar.write(f"failed: {job.label}: {type(err).__name__}: {err}")
             else:
-                result.made.append(summary)
-                if on_done:
-                    on_done(job, summary, None)
-                bar.write(f"done: {job.label} in {summary['seconds']:.0f} s "
-                          f"(image AUROC {_fmt(summary['image_auroc'])}, "
-                          f"pixel AUROC {_fmt(summary['pixel_auroc'])})")
-            bar.update(1)
+                for job, summary in zip(group, summaries):
+                    result.made.append(summary)
+                    if on_done:
+                        on_done(job, summary, None)
+                    shared = " (fit shared)" if len(group) > 1 else ""
+                    bar.write(f"done: {job.label} in {summary['seconds']:.0f} s{shared} "
+                              f"(image AUROC {_fmt(summary['image_auroc'])}, "
+                              f"pixel AUROC {_fmt(summary['pixel_auroc'])})")
+            bar.update(len(group))
         bar.close()
     finally:
         client.close()

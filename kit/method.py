@@ -69,6 +69,12 @@ class MethodConfig:
     # independently of its batch (tests/test_method_predict.py), so reuse and `fit --out`
     # ignore them.
     RUNTIME: ClassVar[tuple[str, ...]] = ("device", "batch_size")
+    # Settings that only the scoring reads, never the fit: runs that differ in nothing else
+    # learn the same model, so a grid or an ablation fits it once for all of them
+    # (kit.pipeline.run_experiments). A subclass adds its own; a field listed here that the
+    # fit does read would make those runs wrong, and tests/test_shared_fit.py checks each
+    # method's list against runs fitted alone.
+    SCORING: ClassVar[tuple[str, ...]] = ("threshold_quantile",)
 
     def __post_init__(self):
         """Check every field's type and range (``LIMITS``); ConfigError names the field.

@@ -27,7 +27,7 @@ import kit
 from kit import metrics as M
 from kit.data import (Category, DataWarning, ImageSet, Sample, check_masks, find_category,
                       split_train_val, subsample)
-from kit.method import (AnomalyMethod, EpochCallback, FitContext, make_method, method_class,
+from kit.method import (AnomalyMethod, EpochCallback, FitContext, method_class,
                         seed_everything)
 from kit.devices import resolve_device
 from kit.runfacts import PeakRSS, model_facts
@@ -182,6 +182,28 @@ def named_map_metrics(test: list[Sample], scored: Scored, normal: Scored, image_
     return out
 
 
+@dataclass(frozen=True)
+class RunTarget:
+    """One run folder of :func:`run_experiments`: where it goes, its overrides and tags."""
+
+    out_dir: Path | str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_settings(method_name: str, budget: str = "quick", seed: int = 0,
+                 overrides: dict[str, Any] | None = None) -> str:
+    """The settings a fit depends on, as one string: runs with equal ``fit_settings`` learn
+    the same model, whatever their scoring-only settings (``MethodConfig.SCORING``, e.g.
+    DifferNet's number of test transforms) or runtime ones (``RUNTIME``)."""
+    cls = method_class(method_name).config_cls
+    values = cls.for_budget(budget, seed=seed, **(overrides or {})).to_dict()
+    left_out = set(cls.SCORING) | set(cls.RUNTIME)
+    return json.dumps({"method": method_name, **{k: v for k, v in values.items()
+                                                 if k not in left_out}},
+                      sort_keys=True, default=str)
+
+
 def run_experiment(method_name: str, data_root: Path | str, category: str, out_dir: Path | str,
                    budget: str = "quick", seed: int = 0, overrides: dict[str, Any] | None = None,
                    tags: dict[str, Any] | None = None, progress: bool = True,
@@ -195,23 +217,55 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
     run moves on (the dashboard drives its progress bar with it); ``on_epoch(epoch, epochs,
     losses)`` after each training epoch of a trained method (the dashboard's loss curve).
     """
+    return run_experiments(method_name, data_root, category,
+                           [RunTarget(out_dir, dict(overrides or {}), dict(tags or {}))],
+                           budget=budget, seed=seed, progress=progress, overwrite=overwrite,
+                           on_stage=on_stage, on_epoch=on_epoch)[0]
+
+
+def run_experiments(method_name: str, data_root: Path | str, category: str,
+                    targets: list[RunTarget], budget: str = "quick", seed: int = 0,
+                    progress: bool = True, overwrite: bool = False,
+                    on_stage: Callable[[str, float], None] | None = None,
+                    on_epoch: EpochCallback | None = None,
+                    on_written: Callable[[Path], None] | None = None) -> list[Path]:
+    """:func:`run_experiment` for several runs that share one fit: their overrides may differ
+    only in scoring settings (equal :func:`fit_settings`), so the model is fitted once and each
+    run scores the test split with its own settings (DifferNet's Table 3 D-G differ only in
+    the number of test transforms). Each run is exactly what :func:`run_experiment` would
+    write alone: the random state after the fit is restored before each run's scoring, and
+    each records the fit's time and memory (config.json ``fit_shared_with`` names the others).
+    ``on_written(path)`` after each run is written. Returns the run folders in order.
+    """
+    if not targets:
+        return []
     stage = on_stage or (lambda name, fraction: None)
     stage("reading data", 0.0)
     # Everything that can be refused is checked before the fit, never after it: the run
-    # folder, the settings (the device among them), the data layout and every mask.
+    # folders, the settings (the device among them), the data layout and every mask.
     data_root = Path(data_root).resolve()  # runs store absolute image paths
-    overrides = dict(overrides or {})
-    checked = method_class(method_name).config_cls.for_budget(budget, seed=seed, **overrides)
-    resolve_device(checked.device)
-    if not overwrite and (Path(out_dir).exists() or Path(out_dir).is_symlink()):
-        raise RunError(existing_run_message(Path(out_dir), method_name, budget, seed, overrides,
-                                            data_root, category))
-    out_dir = check_run_target(out_dir, overwrite)
+    cls = method_class(method_name)
+    configs = [cls.config_cls.for_budget(budget, seed=seed, **t.overrides) for t in targets]
+    resolve_device(configs[0].device)
+    first_fit = fit_settings(method_name, budget, seed, targets[0].overrides)
+    for t in targets[1:]:
+        if fit_settings(method_name, budget, seed, t.overrides) != first_fit:
+            raise ValueError(f"{t.out_dir}: its overrides {t.overrides} change the fit of "
+                             f"{targets[0].out_dir} ({targets[0].overrides}); runs that share "
+                             f"a fit may differ only in {', '.join(cls.config_cls.SCORING)}")
+    out_dirs = []
+    for t in targets:
+        if not overwrite and (Path(t.out_dir).exists() or Path(t.out_dir).is_symlink()):
+            raise RunError(existing_run_message(Path(t.out_dir), method_name, budget, seed,
+                                                t.overrides, data_root, category))
+        out_dirs.append(check_run_target(t.out_dir, overwrite))
+    if len(set(out_dirs)) < len(out_dirs):
+        raise ValueError(f"runs that share a fit need distinct folders; got {out_dirs}")
     cat = find_category(data_root, category)
     cat.warnings = check_masks(cat, progress)
     warn_left_out(cat)
     seed_everything(seed)
-    method = make_method(method_name, budget, seed=seed, **overrides)
+    method = cls(configs[0])
     cfg = method.config
     fit_samples, val_samples = split_train_val(cat.train, cfg.val_fraction, seed)
     if cfg.max_train_images:
@@ -224,8 +278,60 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
     start = time.perf_counter()
     with PeakRSS() as fit_memory:
         train_log = method.fit(ImageSet(fit_samples, cfg.image_size), context)
-    fit_seconds = time.perf_counter() - start
+    fitted = _Fitted(method, cat, fit_samples, val_samples, train_log,
+                     time.perf_counter() - start, fit_memory.peak_mb, random_state())
+    # masks are read once for every run and every map
+    read = ImageSet(cat.test, cfg.image_size).masks() if cat.has_masks else None
+    names = [Path(d).name for d in out_dirs]
+    paths = []
+    for target, config, out_dir in zip(targets, configs, out_dirs):
+        set_random_state(fitted.random_state)  # as if this run's scoring followed the fit alone
+        method.config = config  # differs from the fitted one in scoring settings only
+        shared = [n for n in names if n != Path(out_dir).name]
+        paths.append(_score_and_write(fitted, method_name, data_root, category, out_dir,
+                                      budget, seed, target, read, shared, overwrite,
+                                      progress, stage))
+        if on_written:
+            on_written(paths[-1])
+    return paths
 
+
+@dataclass
+class _Fitted:
+    """What a fit leaves for the runs that share it."""
+
+    method: AnomalyMethod
+    cat: Category
+    fit_samples: list[Sample]
+    val_samples: list[Sample]
+    train_log: dict[str, Any]
+    fit_seconds: float
+    fit_peak_mb: float | None
+    random_state: tuple
+
+
+def random_state() -> tuple:
+    """The state of python's, numpy's and torch's CPU random generators."""
+    import random
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+def set_random_state(state: tuple) -> None:
+    import random
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.set_rng_state(state[2])
+
+
+def _score_and_write(fitted: _Fitted, method_name: str, data_root: Path, category: str,
+                     out_dir: Path, budget: str, seed: int, target: RunTarget,
+                     masks_include: tuple[np.ndarray, np.ndarray] | None, shared: list[str],
+                     overwrite: bool, progress: bool, stage: Callable[[str, float], None]) -> Path:
+    """Score the held-out normals and the test split with ``fitted.method`` as configured now,
+    compute the metrics and write one run folder."""
+    method, cat = fitted.method, fitted.cat
+    cfg = method.config
+    fit_samples, val_samples = fitted.fit_samples, fitted.val_samples
     normal_samples = val_samples or fit_samples
     stage("scoring held-out normals", 0.6)
     with PeakRSS() as score_memory:
@@ -237,14 +343,12 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
         info_after = method.inference_info()
     inference_info = {k: v - info_before.get(k, 0) if isinstance(v, (int, float)) else v
                       for k, v in info_after.items()}
-    # metrics on the full-size maps, before the run stores display-sized copies; the masks
-    # are read once for every map
-    read = ImageSet(cat.test, cfg.image_size).masks() if cat.has_masks else None
-    masks, include = read or (None, np.zeros(len(cat.test), bool))
+    # metrics on the full-size maps, before the run stores display-sized copies
+    masks, include = masks_include or (None, np.zeros(len(cat.test), bool))
     results = evaluate_scored(cat.test, test, cfg.image_size, threshold, cat.has_masks,
-                              masks_include=read)
+                              masks_include=masks_include)
     per_map = named_map_metrics(cat.test, test, normal, cfg.image_size, cfg.threshold_quantile,
-                                cat.has_masks, read)
+                                cat.has_masks, masks_include)
     stage("collecting features for embeddings", 0.9)
     features = collect_features(method, fit_samples, cat.test, seed, progress)
 
@@ -257,19 +361,19 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
         "maps": per_map,
         "method": method_name, "backbone": cfg.backbone, "image_size": cfg.image_size,
         "budget": budget, "seed": seed, "n_train": len(fit_samples), "n_val": len(val_samples),
-        "n_test": len(cat.test), "fit_seconds": round(fit_seconds, 3),
+        "n_test": len(cat.test), "fit_seconds": round(fitted.fit_seconds, 3),
         "infer_ms_per_image": round(1000 * test.seconds / max(1, len(cat.test)), 3),
         "inference_info": inference_info,
         "threshold_source": "held-out normal training images" if val_samples
         else "fit images (in-sample)",
         "dataset": cat.name, "device": str(method.device),
-        "fit_peak_rss_mb": fit_memory.peak_mb, "score_peak_rss_mb": score_memory.peak_mb,
+        "fit_peak_rss_mb": fitted.fit_peak_mb, "score_peak_rss_mb": score_memory.peak_mb,
         **model_facts(method.modules(), state),
     }
     config = {
-        "method": method_name, "method_config": cfg.to_dict(), "data_root": str(Path(data_root).resolve()),
-        "category": category, "budget": budget, "seed": seed, "overrides": overrides,
-        "tags": tags or {}, "train_log": train_log, "kit_version": kit.__version__,
+        "method": method_name, "method_config": cfg.to_dict(), "data_root": str(data_root),
+        "category": category, "budget": budget, "seed": seed, "overrides": target.overrides,
+        "tags": target.tags, "train_log": fitted.train_log, "kit_version": kit.__version__,
         "torch": torch.__version__, "python": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "fit_images": [s.name for s in fit_samples], "val_images": [s.name for s in val_samples],
@@ -277,6 +381,8 @@ def run_experiment(method_name: str, data_root: Path | str, category: str, out_d
         "dataset": {"root": str(data_root), "category": category,
                     "fingerprint": cat.fingerprint()},
     }
+    if shared:  # one fit served these runs too: its seconds are counted once per run folder
+        config["fit_shared_with"] = shared
     rows = [{"index": i, "name": s.name, "path": str(s.path), "defect_type": s.defect_type,
              "label": s.label, "score": float(test.scores[i]), "pixel_included": bool(include[i])}
             for i, s in enumerate(cat.test)]

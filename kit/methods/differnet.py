@@ -101,6 +101,10 @@ class DifferNetConfig(MethodConfig):
                      n_train_transforms=4, n_test_transforms=8, n_map_transforms=2),
     }
 
+    # only predict reads these (the fit trains on the fixed pool of training transforms)
+    SCORING: ClassVar[tuple[str, ...]] = MethodConfig.SCORING + (
+        "n_test_transforms", "transform_seed", "score", "n_map_transforms", "map_sigma")
+
     LIMITS: ClassVar[dict[str, tuple[Any, Any]]] = {
         "scales": (16, 2048), "n_blocks": (1, 64), "hidden": (1, 16384),
         "subnet_depth": (1, 16), "clamp": (1e-3, 100.0), "lr": (1e-8, 1.0), "betas": (0.0, 0.9999),
