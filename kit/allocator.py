@@ -5,9 +5,8 @@ By default glibc serves every allocation above its *mmap threshold* (128 KiB at 
 as large blocks are freed) with a fresh ``mmap`` and returns it with ``munmap`` on free, and it
 trims the top of the heap once more than its *trim threshold* lies free there. A CNN forward
 allocates and frees activation tensors of a few MiB each, every layer, every batch, so each
-batch maps fresh pages that the kernel must fault in and zero: on the 2-core machine this kit
-is built on, the bare EfficientNet-Lite0 forward at 256 px spent about a third of its time in
-the kernel (``benchmarks/bench_allocator.py`` measures it, with the page faults). Fixing both
+batch maps fresh pages that the kernel must fault in and zero, which shows as kernel time and
+page faults beside the forward (``benchmarks/bench_allocator.py`` measures both). Fixing both
 thresholds (``mallopt``) keeps blocks up to :data:`MMAP_THRESHOLD` in the heap and up to
 :data:`TRIM_THRESHOLD` of free memory on it, so later batches reuse the pages.
 
