@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import os
 import sys
 
@@ -28,6 +29,13 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 ENV = "KIT_TUNE_MALLOC"
 
 tuned = False  # whether this process runs with the thresholds above
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def tune_allocator() -> bool:
@@ -40,12 +48,28 @@ def tune_allocator() -> bool:
         return True
     if os.environ.get(ENV, "1") == "0" or not sys.platform.startswith("linux"):
         return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):  # a C library without mallopt (musl)
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:  # a C library without mallopt (musl)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mallopt returns 1 on success
     tuned = (mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
              and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
     return tuned
+
+
+def release_free_memory() -> bool:
+    """Collect Python's garbage and hand every free page of the heap back to the kernel
+    (glibc's ``malloc_trim``); True if glibc did. A run calls it before it begins: in a process
+    that makes several runs (a grid's worker, a notebook) the heap an earlier run left would
+    otherwise count in the next run's peak memory. The pages are faulted in again once, not
+    every batch."""
+    gc.collect()
+    if not tuned:
+        return False
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 import kit
 from kit import metrics as M
+from kit.allocator import release_free_memory
 from kit.data import (Category, DataWarning, ImageSet, Sample, check_masks, find_category,
                       split_train_val, subsample)
 from kit.method import (AnomalyMethod, EpochCallback, FitContext, method_class,
@@ -264,6 +265,7 @@ def run_experiments(method_name: str, data_root: Path | str, category: str,
     cat = find_category(data_root, category)
     cat.warnings = check_masks(cat, progress)
     warn_left_out(cat)
+    release_free_memory()  # the run's peak memory is its own, not what earlier runs left
     seed_everything(seed)
     method = cls(configs[0])
     cfg = method.config
@@ -285,6 +287,7 @@ def run_experiments(method_name: str, data_root: Path | str, category: str,
     names = [Path(d).name for d in out_dirs]
     paths = []
     for target, config, out_dir in zip(targets, configs, out_dirs):
+        release_free_memory()  # each run's scoring peak is its own
         set_random_state(fitted.random_state)  # as if this run's scoring followed the fit alone
         method.config = config  # differs from the fitted one in scoring settings only
         shared = [n for n in names if n != Path(out_dir).name]

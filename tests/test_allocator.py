@@ -52,3 +52,27 @@ def test_tuned_forwards_reuse_memory_instead_of_faulting_pages_in():
     # tuned, ten forwards reuse the pages of the warm-up
     assert plain_faults > 20_000
     assert tuned_faults < plain_faults / 20
+
+
+RELEASE = """
+import numpy as np, psutil
+import kit.allocator
+rss = lambda: psutil.Process().memory_info().rss / 2**20
+chunks = [np.ones(2**17) for _ in range(300)]  # 300 MiB in 1 MiB blocks, from the heap
+above = np.ones(2**10)  # a live block above them: the heap's top cannot shrink past it
+del chunks
+before = rss()
+released = kit.allocator.release_free_memory()
+print(released, before - rss())
+"""
+
+
+@glibc_only
+def test_release_hands_the_free_heap_back():
+    """The tuned heap keeps the free memory below its last live block (and up to 256 MiB at
+    its top); a run releases it before it begins, so its peak memory is its own."""
+    env = {**os.environ, kit.allocator.ENV: "1"}
+    out = subprocess.run([sys.executable, "-c", RELEASE], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[0] == "True"
+    assert float(out[1]) > 200  # MiB handed back of the 300 freed
