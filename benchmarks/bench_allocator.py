@@ -33,6 +33,7 @@ def forward(batch: int, repeats: int, threads: int, size: int) -> dict:
 
     import psutil
     import torch
+    from threadpoolctl import threadpool_limits
 
     import kit.allocator
     from kit.backbones import FeatureExtractor
@@ -44,7 +45,8 @@ def forward(batch: int, repeats: int, threads: int, size: int) -> dict:
     images = ImageSet(cat.test[:32], size).tensor(progress=False).float() / 255.0
     model = FeatureExtractor("tf_efficientnet_lite0", (1, 2, 3, 4), channels_last=True).eval()
     times = []
-    with torch.inference_mode():
+    # threadpool_limits: a Dask worker starts OpenMP at one thread (bench_grid_worker.py)
+    with threadpool_limits(threads), torch.inference_mode():
         model(images[:batch])  # warm-up
         before = resource.getrusage(resource.RUSAGE_SELF)
         for _ in range(repeats):

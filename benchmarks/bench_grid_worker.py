@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -32,29 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 
 def backbone_ms_per_image(repeats: int, threads: int) -> float:
-    """Median ms per image of the bare Lite0 forward over 32 sample test images, batches of 8."""
-    import time
+    """Median ms per image of the bare Lite0 forward over 32 sample test images, batches of 8
+    (``bench_allocator.forward``'s workload)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # also in a Dask worker
+    from bench_allocator import forward
 
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    from kit.backbones import FeatureExtractor
-    from kit.data import ImageSet, find_category
-    from kit.paths import DEFAULT_CATEGORY, SAMPLE_ROOT
-
-    torch.set_num_threads(threads)
-    cat = find_category(SAMPLE_ROOT, DEFAULT_CATEGORY)
-    images = ImageSet(cat.test[:32], 256).tensor(progress=False).float() / 255.0
-    model = FeatureExtractor("tf_efficientnet_lite0", (1, 2, 3, 4), channels_last=True).eval()
-    times = []
-    with threadpool_limits(threads), torch.inference_mode():
-        model(images[:8])  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for first in range(0, len(images), 8):
-                model(images[first:first + 8])
-            times.append(1000 * (time.perf_counter() - start) / len(images))
-    return statistics.median(times)
+    return forward(8, repeats, threads, 256)["ms_per_image"]
 
 
 def in_worker(cluster, repeats: int, threads: int) -> float:
