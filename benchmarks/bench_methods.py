@@ -81,6 +81,7 @@ def bare_forward(backbone: str, layers, weights: str):
         with torch.inference_mode():
             bare(x)
 
+    forward.numerics = bare.numerics  # how it ran: ONNX Runtime for a frozen CPU backbone (kit.ort)
     return forward
 
 
@@ -124,7 +125,8 @@ def onnx_fns(method, image: torch.Tensor, backbone: str, layers, weights: str, t
     same way, each run by ONNX Runtime with ``threads`` threads, so that the method's own
     overhead is also a ratio inside one runtime. ``facts``: export seconds and the largest
     difference to eager. :class:`kit.deploy.OnnxExportError` where the method does not export."""
-    from kit.deploy import OnnxPredictor, export_onnx, max_rel_diff, session_options, trace_to_onnx
+    from kit.deploy import OnnxPredictor, export_onnx, max_rel_diff
+    from kit.ort import session_options, trace_to_onnx
 
     start = time.perf_counter()
     predictor = OnnxPredictor(export_onnx(method, folder / "method.onnx", example=image), threads)
@@ -280,6 +282,7 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
                      onnx_speedup=round(med["method"] / med["onnx"], 3),
                      onnx_ratio=round(med["onnx"] / med["onnx_bare"], 3))
     return {"backbone": cfg.backbone, "image_size": cfg.image_size, "deepest_stage": max(layers),
+            "backbone_runtime": backbone.numerics,
             "bare_ms": round(med["backbone"], 2), "method_ms": round(med["method"], 2),
             "ratio": round(med["method"] / med["backbone"], 3), **extra,
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}

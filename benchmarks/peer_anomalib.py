@@ -69,7 +69,10 @@ from kit.report import METRICS, PEER_FILE, data_label  # noqa: E402
 from kit.weights import load_offline_state_dict  # noqa: E402
 
 LITE_MEAN = LITE_STD = 0.5  # the Lite weights' normalisation (reference facts)
-FEATURE_TOLERANCE = 1e-5  # both extractors on the same image: max |difference| allowed
+# both extractors on the same image: the largest |difference| allowed, relative to the largest
+# value. Ours runs in ONNX Runtime (kit/ort.py), theirs in PyTorch: they agree to float rounding
+# (a few 1e-6); other weights or normalisation differ by order 1
+FEATURE_TOLERANCE = 1e-4
 
 WORKAROUNDS = (
     "weights: built with pre_trained=False, then kit's offline Lite weights loaded strictly into "
@@ -149,7 +152,8 @@ def normalise(images01: torch.Tensor) -> torch.Tensor:
 
 
 def check_same_features(module, ours: FeatureExtractor, image01: torch.Tensor) -> float:
-    """Max |difference| of the two extractors' maps on ``image01 [1, 3, S, S]``; raises above
+    """Max |difference| of the two extractors' maps on ``image01 [1, 3, S, S]``, relative to
+    the largest value of their maps; raises above
     :data:`FEATURE_TOLERANCE` (other weights, other layers or other normalisation)."""
     with torch.inference_mode():
         theirs = timm_extractor(module)(normalise(image01))
@@ -157,7 +161,8 @@ def check_same_features(module, ours: FeatureExtractor, image01: torch.Tensor) -
     if len(theirs) != len(mine) or any(a.shape != b.shape for a, b in zip(theirs, mine)):
         raise RuntimeError(f"anomalib's maps {[tuple(a.shape) for a in theirs]} are not ours "
                            f"{[tuple(b.shape) for b in mine]}: the layers differ")
-    worst = max(float((a - b).abs().max()) for a, b in zip(theirs, mine))
+    worst = max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+                for a, b in zip(theirs, mine))
     if worst > FEATURE_TOLERANCE:
         raise RuntimeError(f"anomalib's features differ from ours by {worst:.3g}: not the same "
                            "weights or normalisation")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,11 @@ import torch
 from torch import nn
 
 from kit.method import AnomalyMethod, Prediction
+from kit.ort import OPSET, session_options, trace_to_onnx
 from kit.runstore import EXPORT_FILES
 
 # in the run folder, written by `python -m kit onnx`: the graph, and its check against PyTorch
 MODEL_FILE, CHECK_FILE = EXPORT_FILES
-OPSET = 18  # ONNX Runtime 1.16 and newer
 
 
 MAX_REL_DIFF = 1e-4  # a graph further from PyTorch than this, on any output, fails its check
@@ -90,20 +89,6 @@ class _Traced(nn.Module):
         return _flatten(self.method.predict(images), self.names)
 
 
-def trace_to_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path | str,
-                  output_names: list[str] | None = None) -> None:
-    """Trace ``module(example)`` into an ONNX graph at ``path`` with the kit's exporter
-    settings (the TorchScript tracer, :data:`OPSET`, the input named ``images``)."""
-    with warnings.catch_warnings():
-        # the tracer's notes that each shape check and `if` of predict becomes a constant:
-        # the fixed size and batch this graph is made for (module docstring)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", "Constant folding", UserWarning)  # only a missed optimisation
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["images"], output_names=output_names)
-
-
 def export_onnx(method: AnomalyMethod, path: Path | str, batch: int = 1,
                 example: torch.Tensor | None = None) -> Path:
     """Write ``method.predict`` for float images ``[batch, 3, S, S]`` in [0, 1] (S the config's
@@ -147,19 +132,6 @@ def _annotate(path: Path, props: dict[str, str]) -> None:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, str(path))
-
-
-def session_options(threads: int | None = None):
-    """ONNX Runtime session options: ``threads`` intra-op threads (None: its choice), and no
-    spin-waiting after a run, whose busy threads would take the CPU from whatever runs next
-    (on a 2-core laptop, the caller's own PyTorch)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 class OnnxPredictor:

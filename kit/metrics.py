@@ -25,6 +25,8 @@ Conventions
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -245,10 +247,18 @@ def _truncate(x: np.ndarray, y: np.ndarray, limit: float) -> tuple[np.ndarray, n
 
 def _pixel_ranking(maps: Any, masks: Any, include: Any,
                    sorted_neg: Sequence[np.ndarray] = ()) -> tuple[_Ranking, int]:
-    """Rank the pixels of the included images; returns ``(ranking, number of regions)``.
+    """Rank the pixels of the included images; returns ``(ranking, number of regions)``
+    (:func:`_pixel_arrays` ranked)."""
+    pos, neg, weight, n_regions = _pixel_arrays(maps, masks, include)
+    return _Ranking(pos, neg, weight, sorted_neg), n_regions
 
-    maps ``[N, H, W]``, masks ``[N, H, W]`` bool or 0/1, include ``[N]`` bool or None (= all);
-    ``sorted_neg``: normal scores of other images, ascending, ranked with them (see _Ranking).
+
+def _pixel_arrays(maps: Any, masks: Any, include: Any
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(anomalous scores, normal scores, PRO weight per anomalous pixel, number of regions)``
+    of the pixels of the included images.
+
+    maps ``[N, H, W]``, masks ``[N, H, W]`` bool or 0/1, include ``[N]`` bool or None (= all).
     Works image by image into preallocated buffers: one copy of the included normal scores
     (float32 maps: 4 bytes per pixel) plus per-anomalous-pixel arrays, no full-size temporaries.
     """
@@ -284,7 +294,59 @@ def _pixel_ranking(maps: Any, masks: Any, include: Any,
             weight[at_pos:at_pos + k] = 1.0 / size[region_of_pixel]
             at_pos += k
             n_regions += n
-    return _Ranking(pos, neg, weight, sorted_neg), n_regions
+    return pos, neg, weight, n_regions
+
+
+@dataclass
+class PixelRankings:
+    """The pixel rankings behind every pixel metric of one set of maps, each pixel sorted once:
+    all included images (``overall``) and each defect type with the normal images
+    (``by_type``), each ``(ranking, number of regions)``. Made by :func:`pixel_rankings`;
+    :func:`evaluate`, :func:`by_defect_type` and :func:`curves` take it (``ranked``) instead of
+    sorting the same pixels again."""
+
+    overall: tuple[_Ranking, int]
+    by_type: dict[str, tuple[_Ranking, int]]
+
+
+def pixel_rankings(maps: Any, masks: Any, include: Any, labels: Any,
+                   defect_types: Any) -> PixelRankings:
+    """:class:`PixelRankings` of maps ``[N, H, W]``, masks ``[N, H, W]`` bool, include ``[N]``
+    bool (None = every image), labels ``[N]`` bool and defect_types ``[N]`` str.
+
+    The normal images' pixels are sorted once and shared by every ranking; each type's
+    defect images are sorted once and shared by the overall ranking, which then sorts only the
+    anomalous pixels: about half the sorting of ranking each set on its own (38M pixels on
+    MTD's test split). The counts, hence every metric, are those of separate rankings.
+    """
+    m = _as_numpy(maps)
+    g = _as_binary(masks, "masks")
+    y = _as_binary(labels, "labels").reshape(-1)
+    types = np.asarray(defect_types, dtype=str).reshape(-1)
+    if not (m.shape[0] == y.size == types.size):
+        raise ValueError(f"{m.shape[0]} maps, {y.size} labels and {types.size} defect types")
+    inc = _as_include(include, y.size)
+    kinds = sorted(set(types[y]))
+    normal_pos, normal_neg, _, _ = _pixel_arrays(m, g, inc & ~y)
+    if normal_pos.size:  # a normal image with mask pixels: each set ranks on its own
+        return PixelRankings(_pixel_ranking(m, g, inc),
+                             {t: _pixel_ranking(m, g, inc & (((types == t) & y) | ~y)) for t in kinds})
+    normal_neg.sort()
+    by_type: dict[str, tuple[_Ranking, int]] = {}
+    pos_parts, weight_parts, neg_parts = [], [], []
+    for t in kinds:
+        pos, neg, weight, n_regions = _pixel_arrays(m, g, inc & y & (types == t))
+        ranking = _Ranking(pos, neg, weight, [normal_neg])  # sorts this type's normal pixels
+        by_type[t] = (ranking, n_regions)
+        pos_parts.append(pos)
+        weight_parts.append(weight)
+        neg_parts.append(ranking.sorted_normals())
+    dtype = normal_neg.dtype
+    overall = _Ranking(np.concatenate(pos_parts) if pos_parts else np.empty(0, dtype),
+                       np.empty(0, dtype),
+                       np.concatenate(weight_parts) if weight_parts else np.empty(0),
+                       [normal_neg, *neg_parts])
+    return PixelRankings((overall, sum(n for _, n in by_type.values())), by_type)
 
 
 def _check_fpr_limit(fpr_limit: float) -> float:
@@ -472,7 +534,8 @@ def _downsample(max_points: int, *arrays: np.ndarray) -> list[list[float]]:
 
 
 def curves(scores: Any, labels: Any, maps: Any = None, masks: Any = None, include: Any = None,
-           max_points: int = 400, fpr_limit: float = DEFAULT_FPR_LIMIT) -> dict[str, Any]:
+           max_points: int = 400, fpr_limit: float = DEFAULT_FPR_LIMIT,
+           ranked: Optional[PixelRankings] = None) -> dict[str, Any]:
     """Curve points for plots, as JSON-serialisable lists (for plots only, not for metrics).
 
     scores ``[N]``, labels ``[N]``; optional maps/masks ``[N, H, W]`` and include ``[N]``.
@@ -484,7 +547,8 @@ def curves(scores: Any, labels: Any, maps: Any = None, masks: Any = None, includ
          "pro": {"fpr": [...], "pro": [...], "fpr_limit": 0.3}}   # cut at fpr_limit
 
     An entry is None when its data is absent or has one class only. Each curve is downsampled
-    to at most ``max_points`` points, keeping both endpoints.
+    to at most ``max_points`` points, keeping both endpoints. ``ranked``: :func:`pixel_rankings`
+    of the same maps, masks and include, when the caller has it.
     """
     if max_points < 2:
         raise ValueError(f"max_points must be >= 2; got {max_points}")
@@ -499,7 +563,7 @@ def curves(scores: Any, labels: Any, maps: Any = None, masks: Any = None, includ
         rec_l, prec_l = _downsample(max_points, recall[::-1], precision[::-1])
         out["image_pr"] = {"recall": rec_l, "precision": prec_l}
     if maps is not None and masks is not None:
-        ranking, n_regions = _pixel_ranking(maps, masks, include)
+        ranking, n_regions = ranked.overall if ranked else _pixel_ranking(maps, masks, include)
         if ranking.defined:
             fpr = ranking.fpr()
             fpr_l, tpr_l = _downsample(max_points, fpr, ranking.tpr())
@@ -512,12 +576,14 @@ def curves(scores: Any, labels: Any, maps: Any = None, masks: Any = None, includ
 
 def evaluate(scores: Any, labels: Any, maps: Any = None, masks: Any = None, include: Any = None,
              threshold: Optional[float] = None,
-             fpr_limit: float = DEFAULT_FPR_LIMIT) -> dict[str, Any]:
+             fpr_limit: float = DEFAULT_FPR_LIMIT,
+             ranked: Optional[PixelRankings] = None) -> dict[str, Any]:
     """All metrics of one test run, as plain Python values (JSON-serialisable).
 
     scores ``[N]`` image scores, labels ``[N]`` bool; optional maps ``[N, H, W]``, masks
     ``[N, H, W]`` bool, include ``[N]`` bool (None = every image counts for pixel metrics);
-    threshold: a decision threshold chosen on normal data (:func:`threshold_from_normal`).
+    threshold: a decision threshold chosen on normal data (:func:`threshold_from_normal`);
+    ranked: :func:`pixel_rankings` of the same maps, masks and include, when the caller has it.
 
     Returns ``image_auroc``, ``f1_max``, ``pixel_auroc``, ``pixel_aupr``, ``aupro`` (None when
     undefined: one class only, or no maps/masks) and, when a threshold is given,
@@ -532,7 +598,8 @@ def evaluate(scores: Any, labels: Any, maps: Any = None, masks: Any = None, incl
         n_maps = len(_as_numpy(maps))
         if n_maps != s.size:
             raise ValueError(f"{s.size} scores but {n_maps} maps")
-        pixel = pixel_metrics(maps, masks, include, fpr_limit=fpr_limit)
+        pixel = (pixel_metrics(maps, masks, include, fpr_limit=fpr_limit) if ranked is None
+                 else _metrics_of(*ranked.overall, _check_fpr_limit(fpr_limit)))
     out.update(pixel)
     if threshold is not None:
         at = scores_at_threshold(s, y, threshold)
@@ -543,7 +610,8 @@ def evaluate(scores: Any, labels: Any, maps: Any = None, masks: Any = None, incl
 
 def by_defect_type(scores: Any, labels: Any, defect_types: Any, maps: Any = None,
                    masks: Any = None, include: Any = None,
-                   fpr_limit: float = DEFAULT_FPR_LIMIT) -> dict[str, dict[str, Any]]:
+                   fpr_limit: float = DEFAULT_FPR_LIMIT,
+                   ranked: Optional[PixelRankings] = None) -> dict[str, dict[str, Any]]:
     """The metrics of each defect type against the normal images, to see where a method fails.
 
     scores ``[N]``, labels ``[N]`` bool, defect_types ``[N]`` str (any value for normal
@@ -552,6 +620,7 @@ def by_defect_type(scores: Any, labels: Any, defect_types: Any, maps: Any = None
     the MVTec AD per-category tables are: ``image_auroc`` (t vs normal), ``pixel_auroc``,
     ``pixel_aupr``, ``aupro``, and ``n`` (images of t), ``pixel_share`` (t's fraction of every
     included anomalous pixel: a pooled pixel AUROC is dominated by the types with large masks).
+    ``ranked``: :func:`pixel_rankings` of the same maps, masks, include, labels and types.
     """
     s, y = _paired(scores, labels)
     types = np.asarray(defect_types, dtype=str).reshape(-1)
@@ -565,21 +634,15 @@ def by_defect_type(scores: Any, labels: Any, defect_types: Any, maps: Any = None
                      if g is not None else {})
     total = sum(defect_pixels.values())
     if maps is not None and g is not None:
-        # every type is ranked against the same normal images: their scores sorted once
         fpr_limit = _check_fpr_limit(fpr_limit)
-        normals = _pixel_ranking(maps, g, inc & ~y)[0]
-        # (a normal image with mask pixels would lose them here: then each type ranks alone)
-        normal_neg = normals.sorted_normals() if normals.n_pos == 0 else None
+        ranked = ranked or pixel_rankings(maps, g, inc, y, types)
     out: dict[str, dict[str, Any]] = {}
     for t in sorted(set(types[y])):
         subset = ((types == t) & y) | ~y
         row: dict[str, Any] = {"n": int(np.count_nonzero(types[y] == t)),
                                "image_auroc": image_auroc(s[subset], y[subset])}
         if maps is not None and g is not None:
-            row.update(pixel_metrics(maps, g, inc & subset, fpr_limit=fpr_limit)
-                       if normal_neg is None else
-                       _metrics_of(*_pixel_ranking(maps, g, inc & y & (types == t), [normal_neg]),
-                                   fpr_limit))
+            row.update(_metrics_of(*ranked.by_type[str(t)], fpr_limit))
             row["pixel_share"] = defect_pixels[t] / total if total else None
         out[str(t)] = row
     return out

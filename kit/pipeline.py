@@ -154,19 +154,33 @@ def collect_features(method: AnomalyMethod, train: list[Sample], test: list[Samp
 
 def evaluate_scored(test: list[Sample], scored: Scored, image_size: int, threshold: float | None,
                     has_masks: bool, name: str = "primary",
-                    masks_include: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+                    masks_include: tuple[np.ndarray, np.ndarray] | None = None,
+                    ranked: M.PixelRankings | None = None) -> dict[str, Any]:
     """Metrics of scored test samples (pixel metrics only where masks exist), of the primary
     map or of the named map ``name``, with the same metrics per defect type (``by_defect``).
-    ``masks_include``: ``ImageSet(test, image_size).masks()`` when the caller has read them."""
+    ``masks_include``: ``ImageSet(test, image_size).masks()`` when the caller has read them;
+    ``ranked``: :func:`rank_pixels` of the same map, when the caller has it."""
     labels = np.array([s.label for s in test])
     types = [s.defect_type for s in test]
     scores, maps = scored.of(name)
     if has_masks:
         masks, include = masks_include or ImageSet(test, image_size).masks()
-        return {**M.evaluate(scores, labels, maps, masks, include, threshold=threshold),
-                "by_defect": M.by_defect_type(scores, labels, types, maps, masks, include)}
+        ranked = ranked or M.pixel_rankings(maps, masks, include, labels, types)
+        return {**M.evaluate(scores, labels, maps, masks, include, threshold=threshold,
+                             ranked=ranked),
+                "by_defect": M.by_defect_type(scores, labels, types, maps, masks, include,
+                                              ranked=ranked)}
     return {**M.evaluate(scores, labels, threshold=threshold),
             "by_defect": M.by_defect_type(scores, labels, types)}
+
+
+def rank_pixels(test: list[Sample], scored: Scored,
+                masks_include: tuple[np.ndarray, np.ndarray], name: str = "primary"
+                ) -> M.PixelRankings:
+    """:func:`kit.metrics.pixel_rankings` of a scored map (the primary one or ``name``)."""
+    masks, include = masks_include
+    return M.pixel_rankings(scored.of(name)[1], masks, include,
+                            np.array([s.label for s in test]), [s.defect_type for s in test])
 
 
 def named_map_metrics(test: list[Sample], scored: Scored, normal: Scored, image_size: int,
@@ -348,16 +362,19 @@ def _score_and_write(fitted: _Fitted, method_name: str, data_root: Path, categor
                       for k, v in info_after.items()}
     # metrics on the full-size maps, before the run stores display-sized copies
     masks, include = masks_include or (None, np.zeros(len(cat.test), bool))
+    labels = np.array([s.label for s in cat.test])
+    # the primary map's pixels sorted once, for its metrics and its curves
+    ranked = rank_pixels(cat.test, test, masks_include) if cat.has_masks else None
     results = evaluate_scored(cat.test, test, cfg.image_size, threshold, cat.has_masks,
-                              masks_include=masks_include)
+                              masks_include=masks_include, ranked=ranked)
     per_map = named_map_metrics(cat.test, test, normal, cfg.image_size, cfg.threshold_quantile,
                                 cat.has_masks, masks_include)
     stage("collecting features for embeddings", 0.9)
     features = collect_features(method, fit_samples, cat.test, seed, progress)
 
-    labels = np.array([s.label for s in cat.test])
     curve_data = M.curves(test.scores, labels, test.maps if cat.has_masks else None, masks,
-                          include if cat.has_masks else None)
+                          include if cat.has_masks else None, ranked=ranked)
+    del ranked
     state = method.state_dict()
     metrics = {
         **results,

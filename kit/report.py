@@ -1037,6 +1037,11 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                 "backbone through the deepest stage it reads, same size, batch 1, on the CPU, "
                 "timed interleaved in one process; median of the repeats. The ratio is the "
                 "method's own overhead."
+                + (" The bare backbone runs as every method runs a frozen backbone without "
+                   "autograd on the CPU: through ONNX Runtime (`kit/ort.py`, about twice as fast "
+                   "as eager PyTorch here, `benchmarks/bench_ort.py`), so the ratio counts the "
+                   "method's own work against that faster forward."
+                   if any(r.get("backbone_runtime") == "onnxruntime" for r in speed) else "")
                 + (" With `--compile`, the same `predict` under `torch.compile` (inductor) is timed "
                    "beside them: its speed-up over eager, the seconds its first call took (in one "
                    "process with an empty inductor cache; methods compiled later reuse a shared "
@@ -1061,10 +1066,10 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                    "(`kit.deploy`) and the bare backbone exported the same way, each run by ONNX "
                    "Runtime with the same threads: the method's speed-up over eager, the bare "
                    "backbone in ONNX Runtime and the method's ratio to it (its overhead inside "
-                   "that runtime), and the largest difference from eager. The kit fits and "
-                   "scores runs in PyTorch, whose runs the report's metrics come from; ONNX "
-                   "Runtime is its deployment path (`python -m kit onnx RUN`, then "
-                   "`kit.deploy.OnnxPredictor`)."
+                   "that runtime), and the largest difference from eager. A run scores with "
+                   "the method's own code around its backbones (in ONNX Runtime where they are "
+                   "frozen); the whole exported graph is the deployment path (`python -m kit onnx "
+                   "RUN`, then `kit.deploy.OnnxPredictor`)."
                    if any(r.get("onnx_ms") is not None or r.get("onnx_error") for r in speed)
                    else ""),
                 "", speed_markdown(speed), ""]

@@ -530,6 +530,37 @@ def test_by_defect_type_scores_each_type_against_the_normals():
         metrics.by_defect_type(scores, labels, types, maps[:-1], masks[:-1], include)
 
 
+def test_shared_pixel_rankings_give_the_metrics_and_curves_of_separate_ones():
+    """pixel_rankings sorts normal pixels once for every ranking and each type's pixels once
+    for its own and the overall ranking; evaluate, by_defect_type and curves given it return
+    what they return sorting every set on its own, ties and left-out images included."""
+    rng = np.random.default_rng(11)
+    n, size = 15, 12
+    types = np.array(["good"] * 6 + ["crack"] * 5 + ["uneven"] * 4)
+    labels = types != "good"
+    masks = np.zeros((n, size, size), bool)
+    masks[6:11, 2:5, 3:6] = True
+    masks[11:, :, 6:] = True
+    masks[12, 0, 0] = True  # a second region in one image
+    include = np.ones(n, bool)
+    include[13] = False
+    for maps in (rng.random((n, size, size)) + 0.5 * masks,
+                 np.round(rng.random((n, size, size)) + 0.3 * masks, 1)):  # many ties
+        scores = maps.reshape(n, -1).max(1)
+        ranked = metrics.pixel_rankings(maps, masks, include, labels, types)
+        assert metrics.evaluate(scores, labels, maps, masks, include, threshold=0.5, ranked=ranked) \
+            == metrics.evaluate(scores, labels, maps, masks, include, threshold=0.5)
+        assert metrics.curves(scores, labels, maps, masks, include, ranked=ranked) \
+            == metrics.curves(scores, labels, maps, masks, include)
+        rows = metrics.by_defect_type(scores, labels, types, maps, masks, include, ranked=ranked)
+        for t in ("crack", "uneven"):
+            sel = (types == t) | (types == "good")
+            plain = metrics.pixel_metrics(maps[sel], masks[sel], include[sel])
+            assert {k: rows[t][k] for k in plain} == pytest.approx(plain, abs=1e-12)
+    with pytest.raises(ValueError, match="labels"):
+        metrics.pixel_rankings(maps, masks, include, labels[:-1], types)
+
+
 def test_per_image_pixel_auroc_ignores_how_levels_differ_between_images():
     """Each defective image's own AUROC, averaged: a map that ranks every defect above its own
     image's background is perfect here, however its level moves between images, while the pooled

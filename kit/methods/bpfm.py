@@ -135,7 +135,8 @@ class BPfm(AnomalyMethod):
         return {"kind": "feature_mapping", "source": [c.backbone, list(c.layers), self.source.weights],
                 "target": [c.target_backbone, list(c.target_layers),
                            self.target.weights if self.target is not None else None],
-                "image_size": c.image_size}
+                "image_size": c.image_size,
+                "numerics": [e.numerics for e in (self.source, self.target) if e is not None]}
 
     @torch.inference_mode()
     def training_features(self, train: ImageSet, progress: bool) -> list[torch.Tensor]:

@@ -232,7 +232,8 @@ class DifferNet(AnomalyMethod):
         spec = {"backbone": config.backbone, "weights": self.extractor.weights,
                 "layers": list(config.layers), "scales": list(config.scales),
                 "pooling": config.pooling, "image_size": config.image_size,
-                "transform": "brightness-contrast-rotate-bilinear-zeros/v1", "memory_format": "channels_last"}
+                "transform": "brightness-contrast-rotate-bilinear-zeros/v1", "memory_format": "channels_last",
+                "numerics": self.extractor.numerics}
         if self.extractor.weights == "none":  # random weights depend on the seed
             spec["seed"] = config.seed
         self.cache = FeatureCache(spec, enabled=config.cache)

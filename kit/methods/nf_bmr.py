@@ -151,6 +151,7 @@ class NfBmr(BPfm):
         z, _ = self.flow(y)
         return {"source": y, "target": self._second_cnn(x)[0].float(), "flow": z}
 
+    @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """:meth:`space_maps` averaged over positions, ``[B, C]`` per space."""
         return {name: m.mean(dim=(2, 3)) for name, m in self.space_maps(images).items()}

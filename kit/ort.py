@@ -1,0 +1,213 @@
+"""ONNX Runtime for frozen backbones: the same feature maps as PyTorch, about twice as fast on a CPU.
+
+A frozen backbone run without autograd on the CPU (feature extraction, scoring) goes through
+ONNX Runtime: :class:`kit.backbones.FeatureExtractor` traces its network once per input shape
+into an ONNX graph, kept in ``<cache>/onnx/`` under a hash of everything that decides the
+graph (the network's name, stage taps, input shape, and the exact bytes of its weights), and
+runs it with the caller's thread count. On 2 CPU cores ONNX Runtime ran EfficientNet-Lite0
+about 2x faster than eager PyTorch at the batches the kit uses, with outputs equal to float
+rounding (a few 1e-6 relative; ``benchmarks/bench_ort.py`` measures both).
+
+PyTorch still runs a forward that needs autograd (DifferNet's gradient maps, NDP-Net's
+perceptual loss, a trainable encoder), a GPU forward, and any forward when
+``KIT_BACKBONE_RUNTIME=torch``. The two paths agree to float rounding, not bit for bit; the
+feature caches keep them apart (``FeatureExtractor.numerics``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from kit.paths import cache_dir
+
+__all__ = ["OPSET", "RUNTIMES", "runtime", "trace_to_onnx", "session_options", "GraphRunner"]
+
+OPSET = 18  # ONNX Runtime 1.16 and newer
+RUNTIMES = ("auto", "torch")
+_ENV = "KIT_BACKBONE_RUNTIME"
+# a graph further than this from PyTorch on the tracing input is refused (never used)
+MAX_REL_DIFF = 1e-4
+
+
+def runtime() -> str:
+    """The backbone runtime asked for: ``KIT_BACKBONE_RUNTIME`` (``auto``: ONNX Runtime where
+    it can run the forward, else PyTorch; ``torch``: PyTorch always). Default ``auto``."""
+    value = os.environ.get(_ENV, "auto").strip().lower() or "auto"
+    if value not in RUNTIMES:
+        raise ValueError(f"{_ENV}={value!r}: use one of {RUNTIMES}")
+    return value
+
+
+def trace_to_onnx(module: nn.Module, example: torch.Tensor, path: Path | str,
+                  output_names: list[str] | None = None) -> None:
+    """Trace ``module(example)`` into an ONNX graph at ``path`` with the kit's exporter
+    settings (the TorchScript tracer, :data:`OPSET`, the input named ``images``). The graph
+    takes the example's shape only: ONNX Runtime ran a graph with a free batch axis about 45 %
+    slower (EfficientNet-Lite0, 2 threads)."""
+    with warnings.catch_warnings():
+        # the tracer's notes that each shape check and `if` becomes a constant: the fixed size
+        # this graph is made for
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", "Constant folding", UserWarning)  # only a missed optimisation
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["images"], output_names=output_names)
+
+
+def session_options(threads: int | None = None):
+    """ONNX Runtime session options: ``threads`` intra-op threads (None: its choice), and no
+    spin-waiting after a run, whose busy threads would take the CPU from whatever runs next
+    (on a 2-core laptop, the caller's own PyTorch)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def weights_digest(module: nn.Module) -> str:
+    """Hash of a module's parameters and buffers: names, shapes, dtypes and bytes."""
+    h = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.numpy().tobytes())  # C order whatever the memory layout
+    return h.hexdigest()[:20]
+
+
+def _version(module: nn.Module) -> int | None:
+    """Changes whenever a parameter or buffer is modified in place (``load_state_dict`` too);
+    None where a tensor keeps no count (one made in inference mode): then no one can tell."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if any(t.is_inference() for t in tensors):
+        return None
+    return sum(t._version for t in tensors)
+
+
+# sessions shared by every runner of the same graph in this process, (graph, threads) ->
+# session, the least recently used dropped beyond _MAX_SESSIONS: each holds its weights and
+# buffers, and a grid's worker meets dozens of graphs one run after another
+_SESSIONS: OrderedDict[tuple[str, int], Any] = OrderedDict()
+_MAX_SESSIONS = 16
+_LOCK = threading.Lock()
+
+
+class GraphRunner:
+    """Runs ``forward`` (PyTorch: float ``[B, 3, H, W]`` -> list of maps, computed by the frozen
+    ``network``) in ONNX Runtime, one graph per input shape (batches are cut into powers of
+    two, so a few shapes serve every batch), traced on first use. ``describe``:
+    what decides the graph beyond the weights (name, taps), part of each graph's hash.
+    ``failed``: why the graph of some size disagreed with PyTorch (then call PyTorch)."""
+
+    def __init__(self, network: nn.Module, forward: Callable[[torch.Tensor], list[torch.Tensor]],
+                 describe: str):
+        self.network = network
+        self.forward = forward
+        self.describe = describe
+        self._digest: str | None = None
+        self._seen_version: int | None = None
+        self.exports = 0  # graphs this runner traced (tests read it)
+        self.failed: str | None = None
+        self._refused: set[tuple[int, ...]] = set()  # input shapes whose graph failed its check
+
+    def _weights(self) -> str:
+        version = _version(self.network)
+        if self._digest is None or version is None or version != self._seen_version:
+            self._digest, self._seen_version = weights_digest(self.network), version
+        return self._digest
+
+    def _graph(self, x: torch.Tensor, n_out: int) -> tuple[str, Path]:
+        key = hashlib.sha1(f"{self.describe}|{tuple(x.shape)}|{self._weights()}|opset{OPSET}|"
+                           f"torch{torch.__version__}".encode()).hexdigest()[:20]
+        path = cache_dir() / "onnx" / f"{key}.onnx"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            names = [f"map{i}" for i in range(n_out)]
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
+                tmp = Path(f.name)
+            example = x.detach().contiguous()
+            try:
+                trace_to_onnx(_Traced(self.network, self.forward).eval(), example, tmp, names)
+                with torch.no_grad():
+                    want = self.forward(example)
+                got = self._run(key, tmp, example)
+                error = max(float((g - w).abs().max() / w.abs().max().clamp_min(1e-12))
+                            for g, w in zip(got, want))
+                if len(got) != len(want) or error > MAX_REL_DIFF:
+                    self.failed = (f"{self.describe} at {tuple(x.shape[1:])}: ONNX Runtime's maps "
+                                   f"differ from PyTorch's by {error:.1e} (relative)")
+                    return key, None
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+                with _LOCK:  # the check's session read the temporary file
+                    _SESSIONS.pop((key, torch.get_num_threads()), None)
+            self.exports += 1
+        return key, path
+
+    def _run(self, key: str, path: Path, x: torch.Tensor) -> list[torch.Tensor]:
+        import onnxruntime as ort
+
+        threads = torch.get_num_threads()
+        with _LOCK:
+            session = _SESSIONS.get((key, threads))
+            if session is None:
+                session = ort.InferenceSession(str(path), session_options(threads),
+                                               providers=["CPUExecutionProvider"])
+                _SESSIONS[(key, threads)] = session
+                while len(_SESSIONS) > _MAX_SESSIONS:
+                    _SESSIONS.popitem(last=False)
+            _SESSIONS.move_to_end((key, threads))
+        outputs = session.run(None, {"images": x.detach().contiguous().numpy()})
+        return [torch.from_numpy(o) for o in outputs]
+
+    def __call__(self, x: torch.Tensor, n_out: int) -> list[torch.Tensor] | None:
+        """The maps for float32 ``x [B, 3, H, W]`` on the CPU, as CPU tensors; None where this
+        shape's graph disagreed with PyTorch (:attr:`failed` says how)."""
+        parts = []
+        for chunk in x.split(_chunks(x.shape[0])):
+            size = tuple(chunk.shape)
+            if size in self._refused:
+                return None
+            key, path = self._graph(chunk, n_out)
+            if path is None:
+                self._refused.add(size)
+                return None
+            parts.append(self._run(key, path, chunk))
+        return parts[0] if len(parts) == 1 else [torch.cat(maps) for maps in zip(*parts)]
+
+
+def _chunks(batch: int, largest: int = 32) -> list[int]:
+    """``batch`` as powers of two, largest first (13 -> 8, 4, 1), none above ``largest``: a graph
+    holds one batch size, so a few sizes serve every batch. Each image's maps do not depend on
+    the batch it is in (tests/test_ort.py)."""
+    sizes = []
+    while batch > 0:
+        size = min(largest, 1 << (batch.bit_length() - 1))
+        sizes.append(size)
+        batch -= size
+    return sizes
+
+
+class _Traced(nn.Module):
+    """``forward`` as a module whose parameters are ``network``'s, for the tracer."""
+
+    def __init__(self, network: nn.Module, forward: Callable[[torch.Tensor], list[torch.Tensor]]):
+        super().__init__()
+        self.network = network
+        self._forward = forward
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self._forward(x))

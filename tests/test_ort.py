@@ -1,0 +1,89 @@
+"""ONNX Runtime for frozen backbones (kit/ort.py): the same maps as PyTorch, batch by batch."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from kit.backbones import FeatureExtractor
+from kit.ort import _chunks, runtime
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("KIT_BACKBONE_RUNTIME", raising=False)
+
+
+def _pytorch(extractor, x, monkeypatch):
+    monkeypatch.setenv("KIT_BACKBONE_RUNTIME", "torch")
+    try:
+        with torch.inference_mode():
+            return extractor(x)
+    finally:
+        monkeypatch.setenv("KIT_BACKBONE_RUNTIME", "auto")
+
+
+def test_onnx_runtime_gives_pytorchs_maps_deterministically_and_batch_by_batch(monkeypatch):
+    """Real Lite0 weights at 96 px: ONNX Runtime's maps equal PyTorch's to float rounding, the
+    same twice, and an image's maps do not depend on the batch it came in (5 = 4 + 1)."""
+    extractor = FeatureExtractor("tf_efficientnet_lite0", (2, 4), "offline", channels_last=True)
+    assert extractor.numerics == "onnxruntime"
+    x = torch.rand(5, 3, 96, 96)
+    with torch.inference_mode():
+        maps = extractor(x)
+        again = extractor(x)
+        alone = [extractor(x[i:i + 1]) for i in range(5)]
+    assert extractor._graphs.exports == 2 and extractor._graphs.failed is None  # batch 4 and 1
+    assert [tuple(m.shape) for m in maps] == [(5, 40, 12, 12), (5, 320, 3, 3)]
+    assert all(torch.equal(a, b) for a, b in zip(maps, again))
+    for i, single in enumerate(alone):
+        assert all(torch.equal(m[i:i + 1], s) for m, s in zip(maps, single))
+    for a, b in zip(maps, _pytorch(extractor, x, monkeypatch)):
+        assert float((a - b).abs().max() / b.abs().max()) < 1e-4
+
+
+def test_graphs_are_reused_by_weights_and_retraced_when_weights_change(monkeypatch):
+    extractor = FeatureExtractor("tf_efficientnet_lite0", (3,), "none")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        first = extractor(x)[0]
+        twin = copy.deepcopy(extractor)  # same weights: the graph on disk serves it
+        assert torch.equal(twin(x)[0], first) and twin._graphs.exports == 0
+        state = {k: v + 0.01 if v.is_floating_point() else v
+                 for k, v in extractor.state_dict().items()}
+        extractor.load_state_dict(state)
+        changed = extractor(x)[0]
+    assert extractor._graphs.exports == 2
+    assert not torch.equal(changed, first)
+    expected = _pytorch(extractor, x, monkeypatch)[0]
+    assert float((changed - expected).abs().max() / expected.abs().max()) < 1e-4
+
+
+def test_pytorch_runs_what_onnx_runtime_cannot(monkeypatch):
+    """Autograd, a trainable encoder and KIT_BACKBONE_RUNTIME=torch all stay in PyTorch."""
+    frozen = FeatureExtractor("tf_efficientnet_lite0", (2,), "none")
+    x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    frozen(x)[0].sum().backward()
+    assert x.grad is not None and "_graphs" not in frozen.__dict__
+    trainable = FeatureExtractor("tf_efficientnet_lite0", (2,), "none", trainable=True)
+    with torch.no_grad():
+        trainable(torch.rand(1, 3, 64, 64))
+    assert "_graphs" not in trainable.__dict__ and trainable.numerics == "plain"
+    monkeypatch.setenv("KIT_BACKBONE_RUNTIME", "torch")
+    assert runtime() == "torch" and frozen.numerics == "plain"
+    with torch.no_grad():
+        frozen(torch.rand(1, 3, 64, 64))
+    assert "_graphs" not in frozen.__dict__
+    monkeypatch.setenv("KIT_BACKBONE_RUNTIME", "tensorrt")
+    with pytest.raises(ValueError, match="KIT_BACKBONE_RUNTIME"):
+        runtime()
+
+
+def test_batches_are_cut_into_powers_of_two():
+    assert _chunks(8) == [8]
+    assert _chunks(13) == [8, 4, 1]
+    assert _chunks(70) == [32, 32, 4, 2]
+    assert sum(_chunks(583)) == 583
