@@ -284,9 +284,10 @@ class FeatureExtractor(nn.Module):
         from kit.ort import runtime
 
         frozen = not any(p.requires_grad for p in self.body.parameters())
+        folded = "bn-folded" if self._folded else "plain"
         if frozen and self.mean.device.type == "cpu" and runtime() == "auto":
-            return "onnxruntime"
-        return "bn-folded" if self._folded else "plain"
+            return "onnxruntime" if not self._folded else f"onnxruntime+{folded}"
+        return folded
 
     @property
     def layers(self) -> list[int]:
@@ -359,6 +360,7 @@ class FeatureExtractor(nn.Module):
         # a copy or a pickle traces its own graphs: the runner's forward calls this extractor
         state = self.__dict__.copy()
         state.pop("_graphs", None)
+        state.pop("_body_params", None)
         return state
 
     def _onnx_can_run(self, x: torch.Tensor) -> bool:
@@ -369,10 +371,18 @@ class FeatureExtractor(nn.Module):
 
         if torch.jit.is_tracing() or torch.compiler.is_compiling() or _torch_mode_active():
             return False
-        return (x.device.type == "cpu" and x.dtype == torch.float32
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] > 0
+                and not torch.is_autocast_enabled("cpu")
                 and not (torch.is_grad_enabled() and x.requires_grad)
                 and runtime() == "auto"
-                and not any(p.requires_grad for p in self.body.parameters()))
+                and not any(p.requires_grad for p in self._parameters_of_body()))
+
+    def _parameters_of_body(self) -> list[nn.Parameter]:
+        """The body's parameters, listed once (a walk over an EfficientNet's modules costs more
+        than a small batch's forward in ONNX Runtime); dropped with the graphs on a copy."""
+        if self.__dict__.get("_body_params") is None:
+            self.__dict__["_body_params"] = list(self.body.parameters())
+        return self.__dict__["_body_params"]
 
     def _onnx(self, x: torch.Tensor, n_out: int) -> list[torch.Tensor] | None:
         if getattr(self, "_graphs", None) is None:

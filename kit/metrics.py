@@ -333,20 +333,17 @@ def pixel_rankings(maps: Any, masks: Any, include: Any, labels: Any,
                              {t: _pixel_ranking(m, g, inc & (((types == t) & y) | ~y)) for t in kinds})
     normal_neg.sort()
     by_type: dict[str, tuple[_Ranking, int]] = {}
-    pos_parts, weight_parts, neg_parts = [], [], []
+    neg_parts = []
     for t in kinds:
         pos, neg, weight, n_regions = _pixel_arrays(m, g, inc & y & (types == t))
         ranking = _Ranking(pos, neg, weight, [normal_neg])  # sorts this type's normal pixels
         by_type[t] = (ranking, n_regions)
-        pos_parts.append(pos)
-        weight_parts.append(weight)
         neg_parts.append(ranking.sorted_normals())
-    dtype = normal_neg.dtype
-    overall = _Ranking(np.concatenate(pos_parts) if pos_parts else np.empty(0, dtype),
-                       np.empty(0, dtype),
-                       np.concatenate(weight_parts) if weight_parts else np.empty(0),
-                       [normal_neg, *neg_parts])
-    return PixelRankings((overall, sum(n for _, n in by_type.values())), by_type)
+    # the anomalous pixels again, in image order as a ranking of every image has them, so the
+    # PRO weights add up in the same order (ties); their normal pixels are the types' sorted ones
+    pos, _, weight, n_regions = _pixel_arrays(m, g, inc & y)
+    overall = _Ranking(pos, np.empty(0, normal_neg.dtype), weight, [normal_neg, *neg_parts])
+    return PixelRankings((overall, n_regions), by_type)
 
 
 def _check_fpr_limit(fpr_limit: float) -> float:

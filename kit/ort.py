@@ -20,6 +20,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -30,7 +31,8 @@ from torch import nn
 
 from kit.paths import cache_dir
 
-__all__ = ["OPSET", "RUNTIMES", "runtime", "trace_to_onnx", "session_options", "GraphRunner"]
+__all__ = ["OPSET", "RUNTIMES", "runtime", "trace_to_onnx", "session_options", "GraphRunner",
+           "setup_seconds", "drop_sessions"]
 
 OPSET = 18  # ONNX Runtime 1.16 and newer
 RUNTIMES = ("auto", "torch")
@@ -87,21 +89,35 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()[:20]
 
 
-def _version(module: nn.Module) -> int | None:
-    """Changes whenever a parameter or buffer is modified in place (``load_state_dict`` too);
-    None where a tensor keeps no count (one made in inference mode): then no one can tell."""
-    tensors = [*module.parameters(), *module.buffers()]
+def _version(tensors: list[torch.Tensor]) -> tuple | None:
+    """Changes whenever one of a network's ``tensors`` (parameters and buffers) is modified in
+    place (an optimiser step, ``load_state_dict``); None where a tensor keeps no count (one made
+    in inference mode): then nobody can tell, and the weights are hashed again. A write through
+    ``.data`` bumps no count and is not seen."""
     if any(t.is_inference() for t in tensors):
         return None
-    return sum(t._version for t in tensors)
+    return tuple((id(t), t._version) for t in tensors)
 
 
 # sessions shared by every runner of the same graph in this process, (graph, threads) ->
-# session, the least recently used dropped beyond _MAX_SESSIONS: each holds its weights and
-# buffers, and a grid's worker meets dozens of graphs one run after another
+# session, the least recently used dropped beyond _MAX_SESSIONS; a run drops them all before it
+# begins (kit.allocator.release_free_memory), so its peak memory is its own
 _SESSIONS: OrderedDict[tuple[str, int], Any] = OrderedDict()
 _MAX_SESSIONS = 16
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # the sessions, and tracing (the tracer's state is global)
+_SETUP_SECONDS = [0.0]  # seconds spent tracing, checking and opening graphs in this process
+
+
+def setup_seconds() -> float:
+    """Seconds this process has spent tracing, checking and opening graphs: a timing of
+    ``predict`` subtracts what it paid for them (``kit.pipeline.score_images``)."""
+    return _SETUP_SECONDS[0]
+
+
+def drop_sessions() -> None:
+    """Close every open session (their weights and buffers); graphs on disk stay."""
+    with _LOCK:
+        _SESSIONS.clear()
 
 
 class GraphRunner:
@@ -109,7 +125,7 @@ class GraphRunner:
     ``network``) in ONNX Runtime, one graph per input shape (batches are cut into powers of
     two, so a few shapes serve every batch), traced on first use. ``describe``:
     what decides the graph beyond the weights (name, taps), part of each graph's hash.
-    ``failed``: why the graph of some size disagreed with PyTorch (then call PyTorch)."""
+    ``failed``: why the graph of some shape could not be used (then the caller runs PyTorch)."""
 
     def __init__(self, network: nn.Module, forward: Callable[[torch.Tensor], list[torch.Tensor]],
                  describe: str):
@@ -117,75 +133,97 @@ class GraphRunner:
         self.forward = forward
         self.describe = describe
         self._digest: str | None = None
-        self._seen_version: int | None = None
+        self._seen_version: tuple | None = None
         self.exports = 0  # graphs this runner traced (tests read it)
         self.failed: str | None = None
-        self._refused: set[tuple[int, ...]] = set()  # input shapes whose graph failed its check
+        self._refused: set[tuple[str, tuple[int, ...]]] = set()  # (weights, shape) that failed
 
     def _weights(self) -> str:
-        version = _version(self.network)
+        if getattr(self, "_tensors", None) is None:  # listed once: walking the modules costs
+            self._tensors = [*self.network.parameters(), *self.network.buffers()]
+        version = _version(self._tensors)
         if self._digest is None or version is None or version != self._seen_version:
             self._digest, self._seen_version = weights_digest(self.network), version
         return self._digest
 
-    def _graph(self, x: torch.Tensor, n_out: int) -> tuple[str, Path]:
-        key = hashlib.sha1(f"{self.describe}|{tuple(x.shape)}|{self._weights()}|opset{OPSET}|"
+    def _graph(self, x: torch.Tensor, n_out: int, weights: str) -> tuple[str, Path]:
+        """The graph for ``x``'s shape and the ``weights`` digest, traced and checked against
+        PyTorch if not on disk; raises where it cannot be made or disagrees."""
+        key = hashlib.sha1(f"{self.describe}|{tuple(x.shape)}|{weights}|opset{OPSET}|"
                            f"torch{torch.__version__}".encode()).hexdigest()[:20]
         path = cache_dir() / "onnx" / f"{key}.onnx"
-        if not path.is_file():
+        if path.is_file():
+            return key, path
+        with _LOCK:  # one trace at a time; another thread may have made it meanwhile
+            if path.is_file():
+                return key, path
+            start = time.perf_counter()
             path.parent.mkdir(parents=True, exist_ok=True)
-            names = [f"map{i}" for i in range(n_out)]
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
                 tmp = Path(f.name)
             example = x.detach().contiguous()
             try:
-                trace_to_onnx(_Traced(self.network, self.forward).eval(), example, tmp, names)
+                trace_to_onnx(_Traced(self.network, self.forward).eval(), example, tmp,
+                              [f"map{i}" for i in range(n_out)])
                 with torch.no_grad():
                     want = self.forward(example)
-                got = self._run(key, tmp, example)
+                got = self._open(tmp, example)
                 error = max(float((g - w).abs().max() / w.abs().max().clamp_min(1e-12))
                             for g, w in zip(got, want))
-                if len(got) != len(want) or error > MAX_REL_DIFF:
-                    self.failed = (f"{self.describe} at {tuple(x.shape[1:])}: ONNX Runtime's maps "
-                                   f"differ from PyTorch's by {error:.1e} (relative)")
-                    return key, None
+                if len(got) != len(want) or not error <= MAX_REL_DIFF:  # NaN fails too
+                    raise ValueError(f"its maps differ from PyTorch's by {error:.1e} (relative)")
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
-                with _LOCK:  # the check's session read the temporary file
-                    _SESSIONS.pop((key, torch.get_num_threads()), None)
+                _SETUP_SECONDS[0] += time.perf_counter() - start
             self.exports += 1
         return key, path
 
-    def _run(self, key: str, path: Path, x: torch.Tensor) -> list[torch.Tensor]:
+    @staticmethod
+    def _open(path: Path, x: torch.Tensor, key: str | None = None) -> list[torch.Tensor]:
+        """Run the graph at ``path`` on ``x``, through the shared session of ``key`` (opened
+        and kept if new) or, without a key, a session of its own."""
         import onnxruntime as ort
 
         threads = torch.get_num_threads()
         with _LOCK:
-            session = _SESSIONS.get((key, threads))
+            session = _SESSIONS.get((key, threads)) if key else None
             if session is None:
+                start = time.perf_counter()
                 session = ort.InferenceSession(str(path), session_options(threads),
                                                providers=["CPUExecutionProvider"])
-                _SESSIONS[(key, threads)] = session
-                while len(_SESSIONS) > _MAX_SESSIONS:
-                    _SESSIONS.popitem(last=False)
-            _SESSIONS.move_to_end((key, threads))
+                _SETUP_SECONDS[0] += time.perf_counter() - start
+                if key:
+                    _SESSIONS[(key, threads)] = session
+                    while len(_SESSIONS) > _MAX_SESSIONS:
+                        _SESSIONS.popitem(last=False)
+            if key:
+                _SESSIONS.move_to_end((key, threads))
         outputs = session.run(None, {"images": x.detach().contiguous().numpy()})
         return [torch.from_numpy(o) for o in outputs]
 
     def __call__(self, x: torch.Tensor, n_out: int) -> list[torch.Tensor] | None:
-        """The maps for float32 ``x [B, 3, H, W]`` on the CPU, as CPU tensors; None where this
-        shape's graph disagreed with PyTorch (:attr:`failed` says how)."""
+        """The maps for float32 ``x [B, 3, H, W]`` on the CPU, as CPU tensors; None where a
+        graph cannot be made or run for one of its pieces (:attr:`failed` says why; the
+        caller then runs PyTorch, and a warning says so once)."""
+        if x.shape[0] == 0:
+            return None
         parts = []
+        weights = self._weights()
         for chunk in x.split(_chunks(x.shape[0])):
-            size = tuple(chunk.shape)
-            if size in self._refused:
+            refused = (weights, tuple(chunk.shape))
+            if refused in self._refused:
                 return None
-            key, path = self._graph(chunk, n_out)
-            if path is None:
-                self._refused.add(size)
+            try:
+                key, path = self._graph(chunk, n_out, weights)
+                parts.append(self._open(path, chunk, key))
+            except Exception as err:  # noqa: BLE001 - any failure falls back to PyTorch
+                self._refused.add(refused)
+                self.failed = (f"{self.describe} at {tuple(chunk.shape)}: "
+                               f"{type(err).__name__}: {str(err).strip()[:300]}")
+                warnings.warn(f"ONNX Runtime cannot run {self.failed}; PyTorch runs it instead",
+                              RuntimeWarning, stacklevel=3)
                 return None
-            parts.append(self._run(key, path, chunk))
         return parts[0] if len(parts) == 1 else [torch.cat(maps) for maps in zip(*parts)]
 
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from kit.backbones import FeatureExtractor
-from kit.ort import _chunks, runtime
+import kit.ort
+from kit.allocator import release_free_memory
+from kit.ort import _chunks, runtime, setup_seconds
 
 
 @pytest.fixture(autouse=True)
@@ -80,6 +82,39 @@ def test_pytorch_runs_what_onnx_runtime_cannot(monkeypatch):
     monkeypatch.setenv("KIT_BACKBONE_RUNTIME", "tensorrt")
     with pytest.raises(ValueError, match="KIT_BACKBONE_RUNTIME"):
         runtime()
+
+
+def test_a_graph_that_cannot_be_made_falls_back_to_pytorch_once(monkeypatch):
+    """A backbone the exporter refuses still gives its maps (PyTorch's), with one warning; the
+    shape is not traced again. Tracing time is counted apart from inference."""
+    extractor = FeatureExtractor("tf_efficientnet_lite0", (2,), "none")
+    x = torch.rand(2, 3, 64, 64)
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("an operator the exporter does not know")
+
+    monkeypatch.setattr(kit.ort, "trace_to_onnx", refuse)
+    before = setup_seconds()
+    with pytest.warns(RuntimeWarning, match="PyTorch runs it instead"):
+        with torch.no_grad():
+            got = extractor(x)[0]
+    with torch.no_grad():
+        again = extractor(x)[0]
+    assert len(calls) == 1 and "exporter does not know" in extractor._graphs.failed
+    assert setup_seconds() >= before
+    expected = _pytorch(extractor, x, monkeypatch)[0]
+    assert torch.equal(got, expected) and torch.equal(again, expected)
+
+
+def test_a_run_closes_the_sessions_earlier_runs_opened():
+    extractor = FeatureExtractor("tf_efficientnet_lite0", (2,), "none")
+    with torch.no_grad():
+        extractor(torch.rand(1, 3, 64, 64))
+    assert kit.ort._SESSIONS
+    release_free_memory()
+    assert not kit.ort._SESSIONS
 
 
 def test_batches_are_cut_into_powers_of_two():

@@ -144,8 +144,11 @@ class NfBmr(BPfm):
         NF-BMR and only shows what a CNN target space looks like) and ``flow`` (the TNF's latent)."""
         if getattr(self, "_second_cnn", None) is None:
             c = self.config
-            self._second_cnn = FeatureExtractor(c.target_backbone, c.target_layers[:1], c.weights,
-                                                channels_last=True).to(self.device)
+            # built outside inference mode: weights made inside it keep no version count, and
+            # ONNX Runtime's graph cache would hash them again at every call (kit/ort.py)
+            with torch.inference_mode(False):
+                self._second_cnn = FeatureExtractor(c.target_backbone, c.target_layers[:1],
+                                                    c.weights, channels_last=True).to(self.device)
         x = images.to(self.device)
         y = self.standardizer(self.raw_features(x)[0])
         z, _ = self.flow(y)
