@@ -283,9 +283,8 @@ class FeatureExtractor(nn.Module):
         BatchNorms are folded into the convolutions (:mod:`kit.fold`) or ``"plain"``."""
         from kit.ort import runtime
 
-        frozen = not any(p.requires_grad for p in self.body.parameters())
         folded = "bn-folded" if self._folded else "plain"
-        if frozen and self.mean.device.type == "cpu" and runtime() == "auto":
+        if self._frozen() and self.mean.device.type == "cpu" and runtime() == "auto":
             return "onnxruntime" if not self._folded else f"onnxruntime+{folded}"
         return folded
 
@@ -374,15 +373,15 @@ class FeatureExtractor(nn.Module):
         return (x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] > 0
                 and not torch.is_autocast_enabled("cpu")
                 and not (torch.is_grad_enabled() and x.requires_grad)
-                and runtime() == "auto"
-                and not any(p.requires_grad for p in self._parameters_of_body()))
+                and runtime() == "auto" and self._frozen())
 
-    def _parameters_of_body(self) -> list[nn.Parameter]:
-        """The body's parameters, listed once (a walk over an EfficientNet's modules costs more
-        than a small batch's forward in ONNX Runtime); dropped with the graphs on a copy."""
+    def _frozen(self) -> bool:
+        """No parameter of the body requires grad now. Its parameters are listed once (a walk
+        over an EfficientNet's modules costs more than a small batch's forward in ONNX
+        Runtime); the list is dropped with the graphs on a copy."""
         if self.__dict__.get("_body_params") is None:
             self.__dict__["_body_params"] = list(self.body.parameters())
-        return self.__dict__["_body_params"]
+        return not any(p.requires_grad for p in self.__dict__["_body_params"])
 
     def _onnx(self, x: torch.Tensor, n_out: int) -> list[torch.Tensor] | None:
         if getattr(self, "_graphs", None) is None:

@@ -168,7 +168,7 @@ def evaluate_scored(test: list[Sample], scored: Scored, image_size: int, thresho
     scores, maps = scored.of(name)
     if has_masks:
         masks, include = masks_include or ImageSet(test, image_size).masks()
-        ranked = ranked or M.pixel_rankings(maps, masks, include, labels, types)
+        ranked = ranked or rank_pixels(test, scored, (masks, include), name)
         return {**M.evaluate(scores, labels, maps, masks, include, threshold=threshold,
                              ranked=ranked),
                 "by_defect": M.by_defect_type(scores, labels, types, maps, masks, include,
