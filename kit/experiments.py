@@ -65,10 +65,15 @@ def fit_or_reuse_shared(method: str, data_root: Path | str, category: str,
 def shared_fit_groups(method: str, budget: str, seed: int,
                       overrides: list[dict[str, Any]]) -> list[list[int]]:
     """Indices of ``overrides`` grouped by :func:`kit.pipeline.fit_settings` (in order):
-    each group can share one fit."""
+    each group can share one fit. Overrides the method refuses form a group of their own,
+    so the error comes from their fit, where it is reported, and spares the others."""
     groups: dict[str, list[int]] = {}
     for i, o in enumerate(overrides):
-        groups.setdefault(fit_settings(method, budget, seed, o), []).append(i)
+        try:
+            key = fit_settings(method, budget, seed, o)
+        except Exception:  # noqa: BLE001 - raised again by this run's own fit
+            key = f"refused: {i}"
+        groups.setdefault(key, []).append(i)
     return list(groups.values())
 
 

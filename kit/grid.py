@@ -126,7 +126,9 @@ def run_job(job: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
 def run_jobs(jobs: list[dict[str, Any]], threads: int | None = None) -> list[dict[str, Any]]:
     """:func:`run_job` of jobs that share one fit (:func:`fit_groups`: same method, data, seed
     and fit settings); one summary per job, in order. ``seconds`` of the first run made counts
-    the fit, those of the others only their own scoring."""
+    the fit, those of the others only their own scoring. When a later run of the group fails
+    after an earlier one was written, the written runs keep their summaries and the others get
+    ``{"run_dir", "error"}``; when none was written, the error is raised."""
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -147,14 +149,23 @@ def run_jobs(jobs: list[dict[str, Any]], threads: int | None = None) -> list[dic
 
     # Dask's nanny starts workers with OMP/MKL/OpenBLAS at one thread; numpy and scikit-learn
     # get the job's threads back, so a grid run costs what `python -m kit fit` costs
+    error = None
     with threadpool_limits(threads):
-        fit_or_reuse_shared(first["method"], first["data_root"], first["category"],
-                            [RunTarget(job["run_dir"], job["overrides"], job["tags"])
-                             for job in jobs],
-                            budget=first["budget"], seed=first["seed"], progress=False,
-                            fingerprint=first["fingerprint"], on_written=written)
+        try:
+            fit_or_reuse_shared(first["method"], first["data_root"], first["category"],
+                                [RunTarget(job["run_dir"], job["overrides"], job["tags"])
+                                 for job in jobs],
+                                budget=first["budget"], seed=first["seed"], progress=False,
+                                fingerprint=first["fingerprint"], on_written=written)
+        except Exception as err:  # noqa: BLE001 - runs written before it stay made
+            if not seconds:
+                raise  # nothing written: the task failed as a whole, with its traceback
+            error = f"{type(err).__name__}: {err}"
     summaries = []
     for job in jobs:
+        if str(Path(job["run_dir"])) not in seconds and error:
+            summaries.append({"run_dir": job["run_dir"], "error": error})
+            continue
         metrics = json.loads((Path(job["run_dir"]) / "metrics.json").read_text())
         summaries.append({"run_dir": job["run_dir"],
                           "seconds": seconds.get(str(Path(job["run_dir"])), 0.0),
@@ -164,18 +175,18 @@ def run_jobs(jobs: list[dict[str, Any]], threads: int | None = None) -> list[dic
 
 def fit_groups(jobs: list[GridJob]) -> list[list[GridJob]]:
     """Jobs grouped so that each group needs one fit (in plan order): the same method, data,
-    budget and seed, with overrides that differ only in scoring settings."""
-    from kit.pipeline import fit_settings
+    budget and seed, with overrides that differ only in scoring settings
+    (:func:`kit.experiments.shared_fit_groups`, the rule ``kit ablate`` shares fits by)."""
+    from kit.experiments import shared_fit_groups
 
-    groups: dict[tuple, list[GridJob]] = {}
+    same_data: dict[tuple, list[GridJob]] = {}
     for job in jobs:
-        try:
-            fit = fit_settings(job.method, job.budget, job.seed, job.overrides)
-        except Exception:  # noqa: BLE001 - settings the job refuses: it fails alone, reported
-            fit = f"refused: {job.run_dir}"
-        key = (job.method, job.data_root, job.category, job.budget, job.seed, job.fingerprint, fit)
-        groups.setdefault(key, []).append(job)
-    return list(groups.values())
+        key = (job.method, job.data_root, job.category, job.budget, job.seed, job.fingerprint)
+        same_data.setdefault(key, []).append(job)
+    return [[group[i] for i in shared]
+            for group in same_data.values()
+            for shared in shared_fit_groups(group[0].method, group[0].budget, group[0].seed,
+                                            [job.overrides for job in group])]
 
 
 @dataclass
@@ -270,6 +281,12 @@ def run_grid(jobs: list[GridJob], scheduler: str | None = None, workers: int = 1
                     bar.write(f"failed: {job.label}: {type(err).__name__}: {err}")
             else:
                 for job, summary in zip(group, summaries):
+                    if "error" in summary:  # a later run of a shared fit failed after the first
+                        result.failed.append((job.run_dir, summary["error"]))
+                        if on_done:
+                            on_done(job, None, summary["error"])
+                        bar.write(f"failed: {job.label}: {summary['error']}")
+                        continue
                     result.made.append(summary)
                     if on_done:
                         on_done(job, summary, None)
@@ -315,6 +332,7 @@ def grid_record(jobs: list[GridJob], result: GridResult, *, ablations: bool, wor
     import torch
 
     import kit
+    from kit.paths import source_commit
 
     methods = sorted({job.method for job in jobs})
     return {
@@ -333,6 +351,7 @@ def grid_record(jobs: list[GridJob], result: GridResult, *, ablations: bool, wor
         "cluster": "local" if scheduler is None else "scheduler", "cpu_count": os.cpu_count(),
         "load_before": result.load_before, "load_after": result.load_after,
         "feature_cache_empty": cache_was_empty, "kit_version": kit.__version__,
+        "commit": source_commit(),  # which code made the grid (kit.paths.source_commit)
         "torch": torch.__version__,
     }
 

@@ -16,8 +16,10 @@ feature caches keep them apart (``FeatureExtractor.numerics``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import tempfile
 import threading
 import time
@@ -32,13 +34,56 @@ from torch import nn
 from kit.paths import cache_dir
 
 __all__ = ["OPSET", "RUNTIMES", "runtime", "trace_to_onnx", "session_options", "GraphRunner",
-           "setup_seconds", "drop_sessions"]
+           "setup_seconds", "drop_sessions", "prune_graphs", "cache_limit_bytes"]
 
 OPSET = 18  # ONNX Runtime 1.16 and newer
 RUNTIMES = ("auto", "torch")
 _ENV = "KIT_BACKBONE_RUNTIME"
 # a graph further than this from PyTorch on the tracing input is refused (never used)
 MAX_REL_DIFF = 1e-4
+# graphs kept in <cache>/onnx, least recently used deleted beyond it: one per network, taps,
+# weights and batch piece, so trained encoders (CLS-CNFs) and old weights pile up otherwise
+_CACHE_ENV = "KIT_ONNX_CACHE_MB"
+DEFAULT_CACHE_MB = 1024
+_GRAPH_NAME = re.compile(r"[0-9a-f]{20}\.onnx")  # what _graph names them: nothing else is pruned
+
+
+def cache_limit_bytes() -> int:
+    """How many bytes of graphs ``<cache>/onnx`` keeps: ``KIT_ONNX_CACHE_MB`` (default
+    :data:`DEFAULT_CACHE_MB`)."""
+    value = os.environ.get(_CACHE_ENV, "").strip() or str(DEFAULT_CACHE_MB)
+    try:
+        mb = float(value)
+    except ValueError:
+        raise ValueError(f"{_CACHE_ENV}={value!r}: give a number of megabytes") from None
+    if mb < 0:
+        raise ValueError(f"{_CACHE_ENV}={value!r}: give a number of megabytes, 0 or more")
+    return int(mb * 2**20)
+
+
+def prune_graphs(folder: Path, limit_bytes: int, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used graphs in ``folder`` until those left fit in
+    ``limit_bytes``; ``keep`` (the graph just made) is never deleted. Only files named as the
+    kit names its graphs are counted or deleted. Returns the files deleted."""
+    graphs = []
+    for path in folder.glob("*.onnx"):
+        if _GRAPH_NAME.fullmatch(path.name):
+            try:
+                stat = path.stat()
+            except OSError:  # deleted meanwhile by another process
+                continue
+            graphs.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in graphs)
+    deleted = []
+    for _, size, path in sorted(graphs):  # oldest use first
+        if total <= limit_bytes:
+            break
+        if keep is not None and path == keep:
+            continue
+        path.unlink(missing_ok=True)
+        total -= size
+        deleted.append(path)
+    return deleted
 
 
 def runtime() -> str:
@@ -106,6 +151,7 @@ _SESSIONS: OrderedDict[tuple[str, int], Any] = OrderedDict()
 _MAX_SESSIONS = 16
 _LOCK = threading.RLock()  # the sessions, and tracing (the tracer's state is global)
 _SETUP_SECONDS = [0.0]  # seconds spent tracing, checking and opening graphs in this process
+_USED: set[str] = set()  # graphs this process has marked as used (their file's time)
 
 
 def setup_seconds() -> float:
@@ -153,6 +199,10 @@ class GraphRunner:
                            f"torch{torch.__version__}".encode()).hexdigest()[:20]
         path = cache_dir() / "onnx" / f"{key}.onnx"
         if path.is_file():
+            if key not in _USED:  # its time of last use, for prune_graphs (once per process)
+                _USED.add(key)
+                with contextlib.suppress(OSError):
+                    os.utime(path)
             return key, path
         with _LOCK:  # one trace at a time; another thread may have made it meanwhile
             if path.is_file():
@@ -173,6 +223,8 @@ class GraphRunner:
                 if len(got) != len(want) or not error <= MAX_REL_DIFF:  # NaN fails too
                     raise ValueError(f"its maps differ from PyTorch's by {error:.1e} (relative)")
                 os.replace(tmp, path)
+                _USED.add(key)
+                prune_graphs(path.parent, cache_limit_bytes(), keep=path)
             finally:
                 tmp.unlink(missing_ok=True)
                 _SETUP_SECONDS[0] += time.perf_counter() - start

@@ -11,7 +11,9 @@ Resolution order for the data root (the folder that holds category folders such 
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -73,3 +75,23 @@ def python_command() -> str:
     except ValueError:
         return "python"
     return ".venv/bin/python"
+
+
+@functools.lru_cache(maxsize=1)
+def source_commit() -> str | None:
+    """The git commit of the kit source this process imported (``abc1234``, with ``+dirty``
+    when tracked files differ from it), so runs and grids made by different code can be told
+    apart; None outside a git checkout or without git. Asked once per process: the code a
+    process runs is the code it imported, even if the files change later."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+
+    if not (REPO_ROOT / ".git").exists():
+        return None
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit

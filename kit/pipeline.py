@@ -31,6 +31,7 @@ from kit.data import (Category, DataWarning, ImageSet, Sample, check_masks, find
 from kit.method import (AnomalyMethod, EpochCallback, FitContext, method_class,
                         seed_everything)
 from kit.devices import resolve_device
+from kit.paths import source_commit
 from kit.runfacts import PeakRSS, model_facts
 from kit.runstore import Run, RunError, check_run_target, display_maps, load_run, write_run
 
@@ -397,7 +398,7 @@ def _score_and_write(fitted: _Fitted, method_name: str, data_root: Path, categor
         "method": method_name, "method_config": cfg.to_dict(), "data_root": str(data_root),
         "category": category, "budget": budget, "seed": seed, "overrides": target.overrides,
         "tags": target.tags, "train_log": fitted.train_log, "kit_version": kit.__version__,
-        "torch": torch.__version__, "python": platform.python_version(),
+        "commit": source_commit(), "torch": torch.__version__, "python": platform.python_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "fit_images": [s.name for s in fit_samples], "val_images": [s.name for s in val_samples],
         "data_warnings": cat.warnings[:50],

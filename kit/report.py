@@ -55,7 +55,7 @@ FACTS = ("f1_max", "precision", "recall", "f1", "fit_seconds", "infer_ms_per_ima
          "threshold_source", "backbone", "image_size", "n_train", "n_val", "n_test", "device")
 CSV_COLUMNS = ("run", "method", "data", "category", "fingerprint", "budget", "seed", "ablation",
                "variants", "overrides", *METRICS, *FACTS, "cached_view_share", "cached_fit_share",
-               "created", "kit_version", "torch")
+               "created", "kit_version", "commit", "torch")
 CURVE_POINTS = 40  # points per curve kept in the result data (the reference curves' resolution)
 # the papers' dataset keys (kit/papers: Paper.results) for the categories we have
 PAPER_DATASETS = {("mtd", "magnetic_tile"): "mtd"}  # not the sample: the paper used all of MTD
@@ -102,7 +102,8 @@ def run_record(run) -> dict[str, Any]:
                  for name, v in sorted((m.get("maps") or {}).items())},
         "by_defect": by_defect_record(m.get("by_defect") or {}),
         "curves": small_curves(run.curves),
-        "created": c.get("created"), "kit_version": c.get("kit_version"), "torch": c.get("torch"),
+        "created": c.get("created"), "kit_version": c.get("kit_version"),
+        "commit": c.get("commit"), "torch": c.get("torch"),
     }
     return record
 

@@ -13,8 +13,9 @@ from fixtures_runs import tiny_overrides
 from kit.cli import main
 from kit.experiments import is_plain_variant, run_name
 from kit.grid import (DEFAULT_ABLATION, GRID_LOG, WORKER_ENV_UNSET, GridJob, grid_record,
-                      local_cluster, plan_grid, read_grid_log, run_grid)
+                      local_cluster, plan_grid, read_grid_log, run_grid, run_jobs)
 from kit.method import load_methods
+from kit.paths import source_commit
 from kit.runstore import load_run
 
 # every registered method (tiny_overrides fails for one without an entry in TINY)
@@ -130,6 +131,7 @@ def test_cli_bench_logs_what_each_grid_cost(toy, tmp_path, capsys):
     assert (record["runs"], record["made"], record["skipped"]) == (1, 1, 0)
     assert record["methods"] == ["padim"] and not record["whole"] and record["threads"] == 1
     assert record["data_root"] == [str(toy.resolve())] and record["seconds"] > 0
+    assert record["commit"] == source_commit()  # which code made it (None outside git)
     assert str(tmp_path / GRID_LOG) in capsys.readouterr().out
     assert main(args) == 0  # already complete: nothing made, nothing logged
     assert len(read_grid_log(tmp_path)) == 1
@@ -140,3 +142,42 @@ def test_cli_bench_names_an_unknown_category(toy, tmp_path, capsys):
                  str(tmp_path), "--methods", "padim", "--dry-run"])
     assert code == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def _shared_jobs(tmp_path: Path) -> list[dict]:
+    """Two jobs of one shared fit, as the grid hands them to a worker."""
+    return [{"method": "padim", "data_root": str(tmp_path), "category": "toy", "budget": "quick",
+             "seed": 0, "fingerprint": "f", "run_dir": str(tmp_path / name), "overrides": {},
+             "tags": {}} for name in ("first", "second")]
+
+
+def test_a_later_failure_in_a_shared_fit_keeps_the_runs_already_written(tmp_path, monkeypatch):
+    """The second scoring of a shared fit fails after the first run was written: the first is
+    reported made, only the second failed (the grid used to fail both)."""
+    import json
+
+    import kit.experiments
+
+    def first_then_fail(method, data_root, category, targets, *args, on_written=None, **kw):
+        out = Path(targets[0].out_dir)
+        out.mkdir()
+        (out / "metrics.json").write_text(json.dumps({"image_auroc": 0.75}))
+        on_written(out)
+        raise RuntimeError("scoring the second run")
+
+    monkeypatch.setattr(kit.experiments, "fit_or_reuse_shared", first_then_fail)
+    first, second = run_jobs(_shared_jobs(tmp_path), threads=1)
+    assert first["image_auroc"] == 0.75 and "error" not in first
+    assert second == {"run_dir": str(tmp_path / "second"),
+                      "error": "RuntimeError: scoring the second run"}
+
+
+def test_a_shared_fit_that_writes_nothing_raises(tmp_path, monkeypatch):
+    import kit.experiments
+
+    def fail(*args, **kw):
+        raise RuntimeError("fit failed")
+
+    monkeypatch.setattr(kit.experiments, "fit_or_reuse_shared", fail)
+    with pytest.raises(RuntimeError, match="fit failed"):
+        run_jobs(_shared_jobs(tmp_path), threads=1)

@@ -122,3 +122,36 @@ def test_batches_are_cut_into_powers_of_two():
     assert _chunks(13) == [8, 4, 1]
     assert _chunks(70) == [32, 32, 4, 2]
     assert sum(_chunks(583)) == 583
+
+
+def test_the_graph_cache_keeps_its_budget_deleting_the_least_recently_used(tmp_path):
+    """Graphs beyond the budget go, oldest use first; the graph just made and files the kit did
+    not name (a user's model.onnx) stay."""
+    import os
+
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    graphs = [folder / f"{i:020x}.onnx" for i in range(4)]
+    for age, path in enumerate(graphs):
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (1000 + age, 1000 + age))  # graphs[0] used longest ago
+    mine = folder / "model.onnx"
+    mine.write_bytes(b"x" * 10_000)
+    os.utime(graphs[1], (5000, 5000))  # used again since: now the newest
+    deleted = kit.ort.prune_graphs(folder, limit_bytes=2500, keep=graphs[0])
+    assert deleted == [graphs[2], graphs[3]]
+    assert sorted(folder.iterdir()) == sorted([graphs[0], graphs[1], mine])
+    assert kit.ort.prune_graphs(folder, limit_bytes=2500) == []
+
+
+def test_tracing_a_graph_prunes_the_cache_to_its_budget(monkeypatch, tmp_path):
+    monkeypatch.setenv("KIT_ONNX_CACHE_MB", "0")  # keep only the graph just made
+    extractor = FeatureExtractor("tf_efficientnet_lite0", (2,), "none")
+    with torch.no_grad():
+        extractor(torch.rand(1, 3, 64, 64))
+        extractor(torch.rand(2, 3, 64, 64))
+    assert extractor._graphs.exports == 2
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    monkeypatch.setenv("KIT_ONNX_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="KIT_ONNX_CACHE_MB"):
+        kit.ort.cache_limit_bytes()
