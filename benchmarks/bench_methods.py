@@ -7,7 +7,8 @@ the CPU; one test image of that run's data, at the run's size, batch 1, ``--thre
 the median ms of ``method.predict`` (every map the method returns) and of the bare backbone
 (``FeatureExtractor`` of the run's backbone through the stages the method reads; all five for a
 method without a ``layers`` setting), timed interleaved, and their ratio (issue 13's target:
-at most 1.5x).
+at most 1.5x). Beside it, the time ``predict`` spends inside backbone forwards (every CNN it
+runs, counted as it runs them) and its ratio to that: what the method adds beyond its CNNs.
 
     .venv/bin/python benchmarks/bench_methods.py [--budget quick] [--repeats 10] [--methods ...]
     .venv/bin/python benchmarks/bench_methods.py --compile   # + predict under torch.compile
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -205,6 +207,50 @@ def error_line(err: BaseException, width: int = 200) -> str:
     return f"{type(err).__name__}: {text}".rstrip(": ")[:width]
 
 
+@contextlib.contextmanager
+def backbone_clock():
+    """While active, every :class:`FeatureExtractor` forward (each backbone a method runs: its
+    source CNN, a second CNN, each of DifferNet's views) adds its wall seconds to
+    ``clock["s"]`` and one to ``clock["calls"]``. Backward passes through a backbone
+    (DifferNet's gradient maps) are the method's own work."""
+    clock = {"s": 0.0, "calls": 0}
+    original = FeatureExtractor.forward
+
+    def timed_forward(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            clock["s"] += time.perf_counter() - start
+            clock["calls"] += 1
+
+    FeatureExtractor.forward = timed_forward
+    try:
+        yield clock
+    finally:
+        FeatureExtractor.forward = original
+
+
+def time_in_backbones(predict, image: torch.Tensor, repeats: int) -> dict[str, Any]:
+    """Where ``predict(image)``'s time goes, median over ``repeats`` calls after one warm-up:
+    ms inside backbone forwards (:func:`backbone_clock`), forwards per call, and the ratio of
+    the whole call to those forwards: the method's overhead over every CNN forward it runs,
+    where ``ratio`` compares with one bare forward of its source backbone."""
+    predict(image)
+    inside, total, calls = [], [], 0
+    with backbone_clock() as clock:
+        for _ in range(repeats):
+            before_s, before_calls = clock["s"], clock["calls"]
+            start = time.perf_counter()
+            predict(image)
+            total.append(1000 * (time.perf_counter() - start))
+            inside.append(1000 * (clock["s"] - before_s))
+            calls = clock["calls"] - before_calls
+    backbones, whole = statistics.median(inside), statistics.median(total)
+    return {"backbones_ms": round(backbones, 2), "backbone_forwards": calls,
+            "backbones_ratio": round(whole / backbones, 3) if backbones > 0 else None}
+
+
 def cold(method):
     """``method`` with its feature cache off (DifferNet's, keyed by image content): every timed
     call repeats the same image, which a cache would otherwise serve from the second call on, so
@@ -258,6 +304,7 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
         fns["other_layout"] = flipped.predict
     load_before = os.getloadavg()[0]
     wall = interleaved(fns, image, repeats)
+    extra.update(time_in_backbones(method.predict, image, repeats))
     if techniques:
         wall.update(thread_counts(method.predict, backbone, image, repeats, threads, other))
     med = {k: statistics.median(v) for k, v in wall.items()}
@@ -332,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<10} {row['backbone']:<24} {row['image_size']:>4} px  bare {row['bare_ms']:8.1f} ms"
               f"  method {row['method_ms']:8.1f} ms  x{row['ratio']:.2f}  (load {row['load_before']:.2f}"
               f" -> {row['load_after']:.2f})"
+              + (f"  in {row['backbone_forwards']} backbone forward(s) {row['backbones_ms']:.1f} ms"
+                 f" (x{row['backbones_ratio']:.2f})" if row.get("backbones_ratio") else "")
               + (f"  compiled {row['compiled_ms']:.1f} ms (x{row['compiled_speedup']:.2f} faster, "
                  f"{row['compile_s']:.0f} s to compile)" if "compiled_ms" in row else "")
               + (f"  compile failed: {row['compile_error']}" if "compile_error" in row else "")

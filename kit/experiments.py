@@ -65,8 +65,8 @@ def fit_or_reuse_shared(method: str, data_root: Path | str, category: str,
 def shared_fit_groups(method: str, budget: str, seed: int,
                       overrides: list[dict[str, Any]]) -> list[list[int]]:
     """Indices of ``overrides`` grouped by :func:`kit.pipeline.fit_settings` (in order):
-    each group can share one fit. Overrides the method refuses form a group of their own,
-    so the error comes from their fit, where it is reported, and spares the others."""
+    each group can share one fit. Overrides the method refuses form a group of their own, so
+    their error is raised by their own fit (the grid reports it and goes on with the others)."""
     groups: dict[str, list[int]] = {}
     for i, o in enumerate(overrides):
         try:

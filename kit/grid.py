@@ -163,7 +163,7 @@ def run_jobs(jobs: list[dict[str, Any]], threads: int | None = None) -> list[dic
             error = f"{type(err).__name__}: {err}"
     summaries = []
     for job in jobs:
-        if str(Path(job["run_dir"])) not in seconds and error:
+        if error and str(Path(job["run_dir"])) not in seconds and not GridJob(**job).is_complete():
             summaries.append({"run_dir": job["run_dir"], "error": error})
             continue
         metrics = json.loads((Path(job["run_dir"]) / "metrics.json").read_text())
@@ -179,14 +179,16 @@ def fit_groups(jobs: list[GridJob]) -> list[list[GridJob]]:
     (:func:`kit.experiments.shared_fit_groups`, the rule ``kit ablate`` shares fits by)."""
     from kit.experiments import shared_fit_groups
 
-    same_data: dict[tuple, list[GridJob]] = {}
-    for job in jobs:
+    same_data: dict[tuple, list[int]] = {}  # indices into jobs
+    for i, job in enumerate(jobs):
         key = (job.method, job.data_root, job.category, job.budget, job.seed, job.fingerprint)
-        same_data.setdefault(key, []).append(job)
-    return [[group[i] for i in shared]
-            for group in same_data.values()
-            for shared in shared_fit_groups(group[0].method, group[0].budget, group[0].seed,
-                                            [job.overrides for job in group])]
+        same_data.setdefault(key, []).append(i)
+    groups = [[indices[i] for i in shared]
+              for indices in same_data.values()
+              for shared in shared_fit_groups(jobs[indices[0]].method, jobs[indices[0]].budget,
+                                              jobs[indices[0]].seed,
+                                              [jobs[i].overrides for i in indices])]
+    return [[jobs[i] for i in group] for group in sorted(groups, key=min)]  # plan order
 
 
 @dataclass
@@ -243,6 +245,9 @@ def run_grid(jobs: list[GridJob], scheduler: str | None = None, workers: int = 1
     from dask.distributed import Client, as_completed
     from tqdm.auto import tqdm
 
+    from kit.paths import source_commit
+
+    source_commit()  # asked now, for the grid's record: the code the grid was started with
     result = GridResult(started=time.strftime("%Y-%m-%dT%H:%M:%S"), load_before=_load())
     start = time.perf_counter()
     todo = []

@@ -4,7 +4,8 @@ A frozen backbone run without autograd on the CPU (feature extraction, scoring) 
 ONNX Runtime: :class:`kit.backbones.FeatureExtractor` traces its network once per input shape
 into an ONNX graph, kept in ``<cache>/onnx/`` under a hash of everything that decides the
 graph (the network's name, stage taps, input shape, and the exact bytes of its weights), and
-runs it with the caller's thread count. On 2 CPU cores ONNX Runtime ran EfficientNet-Lite0
+runs it with the caller's thread count. The folder keeps ``KIT_ONNX_CACHE_MB`` (1024) of graphs;
+tracing a new one deletes the least recently used beyond that (:func:`prune_graphs`). On 2 CPU cores ONNX Runtime ran EfficientNet-Lite0
 about 2x faster than eager PyTorch at the batches the kit uses, with outputs equal to float
 rounding (a few 1e-6 relative; ``benchmarks/bench_ort.py`` measures both).
 
@@ -80,7 +81,10 @@ def prune_graphs(folder: Path, limit_bytes: int, keep: Path | None = None) -> li
             break
         if keep is not None and path == keep:
             continue
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # another user's file in a shared cache: left, and counted
+            continue
         total -= size
         deleted.append(path)
     return deleted
@@ -151,7 +155,6 @@ _SESSIONS: OrderedDict[tuple[str, int], Any] = OrderedDict()
 _MAX_SESSIONS = 16
 _LOCK = threading.RLock()  # the sessions, and tracing (the tracer's state is global)
 _SETUP_SECONDS = [0.0]  # seconds spent tracing, checking and opening graphs in this process
-_USED: set[str] = set()  # graphs this process has marked as used (their file's time)
 
 
 def setup_seconds() -> float:
@@ -199,11 +202,8 @@ class GraphRunner:
                            f"torch{torch.__version__}".encode()).hexdigest()[:20]
         path = cache_dir() / "onnx" / f"{key}.onnx"
         if path.is_file():
-            if key not in _USED:  # its time of last use, for prune_graphs (once per process)
-                _USED.add(key)
-                with contextlib.suppress(OSError):
-                    os.utime(path)
             return key, path
+        limit = cache_limit_bytes()  # a bad setting is refused before the trace, not after
         with _LOCK:  # one trace at a time; another thread may have made it meanwhile
             if path.is_file():
                 return key, path
@@ -223,8 +223,7 @@ class GraphRunner:
                 if len(got) != len(want) or not error <= MAX_REL_DIFF:  # NaN fails too
                     raise ValueError(f"its maps differ from PyTorch's by {error:.1e} (relative)")
                 os.replace(tmp, path)
-                _USED.add(key)
-                prune_graphs(path.parent, cache_limit_bytes(), keep=path)
+                prune_graphs(path.parent, limit, keep=path)
             finally:
                 tmp.unlink(missing_ok=True)
                 _SETUP_SECONDS[0] += time.perf_counter() - start
@@ -245,6 +244,8 @@ class GraphRunner:
                 session = ort.InferenceSession(str(path), session_options(threads),
                                                providers=["CPUExecutionProvider"])
                 _SETUP_SECONDS[0] += time.perf_counter() - start
+                with contextlib.suppress(OSError):  # its time of last use, for prune_graphs
+                    os.utime(path)
                 if key:
                     _SESSIONS[(key, threads)] = session
                     while len(_SESSIONS) > _MAX_SESSIONS:
@@ -268,7 +269,14 @@ class GraphRunner:
                 return None
             try:
                 key, path = self._graph(chunk, n_out, weights)
-                parts.append(self._open(path, chunk, key))
+                try:
+                    parts.append(self._open(path, chunk, key))
+                except Exception:
+                    if path.is_file():
+                        raise
+                    # pruned by another process between finding and opening it: trace again
+                    key, path = self._graph(chunk, n_out, weights)
+                    parts.append(self._open(path, chunk, key))
             except Exception as err:  # noqa: BLE001 - any failure falls back to PyTorch
                 self._refused.add(refused)
                 self.failed = (f"{self.describe} at {tuple(chunk.shape)}: "

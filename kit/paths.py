@@ -79,19 +79,21 @@ def python_command() -> str:
 
 @functools.lru_cache(maxsize=1)
 def source_commit() -> str | None:
-    """The git commit of the kit source this process imported (``abc1234``, with ``+dirty``
-    when tracked files differ from it), so runs and grids made by different code can be told
-    apart; None outside a git checkout or without git. Asked once per process: the code a
-    process runs is the code it imported, even if the files change later."""
+    """The git commit of the kit's source (``abc1234``, with ``+dirty`` when a tracked file
+    under ``kit/`` or ``benchmarks/`` differs from it; generated results do not count), so runs
+    and grids made by different code can be told apart; None outside a git checkout or
+    without git. Asked once per process, and a run or grid asks before its work begins, so
+    an edit made while it runs is not credited to it."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
+        # --no-optional-locks: never take .git/index.lock, which a user's own commit needs
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(REPO_ROOT), *args],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
 
     if not (REPO_ROOT / ".git").exists():
         return None
     try:
         commit = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "kit", "benchmarks")
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}+dirty" if dirty else commit

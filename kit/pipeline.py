@@ -216,9 +216,13 @@ def fit_settings(method_name: str, budget: str = "quick", seed: int = 0,
     the same model, whatever their scoring-only settings (``MethodConfig.SCORING``, e.g.
     DifferNet's number of test transforms) or runtime ones (``RUNTIME``)."""
     cls = method_class(method_name).config_cls
-    values = cls.for_budget(budget, seed=seed, **(overrides or {})).to_dict()
-    left_out = set(cls.SCORING) | set(cls.RUNTIME)
-    return json.dumps({"method": method_name, **{k: v for k, v in values.items()
+    return settings_of_fit(method_name, cls.for_budget(budget, seed=seed, **(overrides or {})))
+
+
+def settings_of_fit(method_name: str, config) -> str:
+    """:func:`fit_settings` of a config already built (a ``MethodConfig`` of ``method_name``)."""
+    left_out = set(config.SCORING) | set(config.RUNTIME)
+    return json.dumps({"method": method_name, **{k: v for k, v in config.to_dict().items()
                                                  if k not in left_out}},
                       sort_keys=True, default=str)
 
@@ -260,15 +264,16 @@ def run_experiments(method_name: str, data_root: Path | str, category: str,
         return []
     stage = on_stage or (lambda name, fraction: None)
     stage("reading data", 0.0)
+    source_commit()  # asked now: the code this run is made with (asked once per process)
     # Everything that can be refused is checked before the fit, never after it: the run
     # folders, the settings (the device among them), the data layout and every mask.
     data_root = Path(data_root).resolve()  # runs store absolute image paths
     cls = method_class(method_name)
     configs = [cls.config_cls.for_budget(budget, seed=seed, **t.overrides) for t in targets]
     resolve_device(configs[0].device)
-    first_fit = fit_settings(method_name, budget, seed, targets[0].overrides)
-    for t in targets[1:]:
-        if fit_settings(method_name, budget, seed, t.overrides) != first_fit:
+    first_fit = settings_of_fit(method_name, configs[0])
+    for t, config in zip(targets[1:], configs[1:]):
+        if settings_of_fit(method_name, config) != first_fit:
             raise ValueError(f"{t.out_dir}: its overrides {t.overrides} change the fit of "
                              f"{targets[0].out_dir} ({targets[0].overrides}); runs that share "
                              f"a fit may differ only in {', '.join(cls.config_cls.SCORING)}")

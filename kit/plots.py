@@ -568,6 +568,24 @@ def report_defect_bars(ax, rows: Sequence[Mapping], types: Sequence[Mapping],
     _report_auroc_axis(ax, start, METRIC_NAMES.get(metric, metric), metric)
 
 
+def report_speed_bars(ax, rows: Sequence[Mapping], target: float) -> None:
+    """Where each method's ``predict`` time goes (``docs/results/speed.json`` rows with
+    ``backbones_ms``): ms inside backbone forwards and the method's own ms beyond them, one
+    horizontal bar per method, with a tick at ``target`` times its bare backbone forward."""
+    rows = sorted(rows, key=lambda r: r["backbones_ms"] * r["backbones_ratio"])
+    y = np.arange(len(rows))
+    inside = [r["backbones_ms"] for r in rows]
+    own = [r["backbones_ms"] * (r["backbones_ratio"] - 1) for r in rows]
+    ax.barh(y, inside, 0.6, color="#8c8c8c", label="inside backbone forwards")
+    ax.barh(y, own, 0.6, left=inside, color="#4c72b0", label="the method's own")
+    ax.plot([target * r["bare_ms"] for r in rows], y, "|", color="#d62728", markersize=14,
+            markeredgewidth=2, label=f"{target:g}x one bare forward")
+    ax.set_yticks(y, [f"{r['method']} ({r['backbone_forwards']} fwd)" for r in rows], fontsize=8)
+    ax.set_xscale("log")  # DifferNet's views take ten times the others
+    ax.set_xlabel("ms per image, batch 1 (log scale)", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
 def palette(n: int) -> list[str]:
     """``n`` colours for categories (defect types), repeating after ten; red comes second so
     that, after "good" in blue, the first defect type reads as a defect."""

@@ -776,6 +776,10 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
     lines = ["| method | budget | backbone, size | bare backbone ms | method ms | ratio | "
              f"<= {OVERHEAD_TARGET}x | threads | load before -> after | measured |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    inside = [r for r in speed if r.get("backbones_ratio") is not None]
+    if inside:
+        lines[0] += " inside backbone forwards: ms (forwards per call); the method's ratio to them |"
+        lines[1] += "---|"
     compiled = [r for r in speed if r.get("compiled_ms") is not None or r.get("compile_error")]
     if compiled:
         lines[0] += (" torch.compile ms (faster by; compile s; images to pay it back; largest rel. "
@@ -801,6 +805,10 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
                 f"{r['bare_ms']:.1f} | {r['method_ms']:.1f} | x{r['ratio']:.2f} | "
                 f"{'yes' if r['ratio'] <= OVERHEAD_TARGET else 'no'} | {r['threads']} | "
                 f"{r['load_before']:.2f} -> {r['load_after']:.2f} | {r['created'][:10]} |")
+        if inside:
+            line += (f" {r['backbones_ms']:.1f} ({r['backbone_forwards']}); "
+                     f"x{r['backbones_ratio']:.2f} |" if r.get("backbones_ratio") is not None
+                     else " - |")
         if compiled:
             saved = r["method_ms"] - r["compiled_ms"] if r.get("compiled_ms") is not None else 0
             payback = f"{1000 * r['compile_s'] / saved:.0f}" if saved > 0 else "never"
@@ -864,17 +872,18 @@ def merge_grids(old: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]]) ->
 
 def grid_markdown(grids: list[dict[str, Any]]) -> str:
     """The grids' wall time beside the sum of their runs' own seconds."""
-    lines = ["| begun | budget | data | runs (methods) | every method and variant | workers x "
+    lines = ["| begun | commit | budget | data | runs (methods) | every method and variant | workers x "
              "threads | wall min | runs' own min | feature cache empty before | load before -> "
              f"after | whole quick grid <= {GRID_TARGET_MINUTES} min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in grids:
         quick_whole = r["whole"] and r.get("budget") == ["quick"]
         target = ("yes" if r["seconds"] <= 60 * GRID_TARGET_MINUTES else "no") if quick_whole else "-"
         load = " -> ".join("-" if v is None else f"{v:.2f}"
                            for v in (r.get("load_before"), r.get("load_after")))
         lines.append(
-            f"| {r['created'][:16].replace('T', ' ')} | {', '.join(r.get('budget', []))} | "
+            f"| {r['created'][:16].replace('T', ' ')} | {r.get('commit') or '-'} | "
+            f"{', '.join(r.get('budget', []))} | "
             f"{', '.join(r.get('data', []))} ({', '.join(r.get('categories', []))}) | "
             f"{r['runs']} ({len(r.get('methods', []))}) | {'yes' if r['whole'] else 'no'} | "
             f"{r.get('workers') or '-'} x {r.get('threads')} | {r['seconds'] / 60:.1f} | "
@@ -1043,6 +1052,13 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                    "as eager PyTorch here, `benchmarks/bench_ort.py`), so the ratio counts the "
                    "method's own work against that faster forward."
                    if any(r.get("backbone_runtime") == "onnxruntime" for r in speed) else "")
+                + (" Some methods run more than that one forward by design: a second CNN "
+                   "(B-PFM's target network), several views (DifferNet's transforms), an encoder "
+                   "after a decoder. So the time `predict` spends inside backbone forwards, every "
+                   "CNN it runs, is measured beside it (a separate pass of the same calls), and "
+                   "the method's ratio to that time: what the method adds beyond its CNNs "
+                   "(flows, mappings, heads, and any backward pass through a backbone)."
+                   if any(r.get("backbones_ratio") is not None for r in speed) else "")
                 + (" With `--compile`, the same `predict` under `torch.compile` (inductor) is timed "
                    "beside them: its speed-up over eager, the seconds its first call took (in one "
                    "process with an empty inductor cache; methods compiled later reuse a shared "
@@ -1074,6 +1090,14 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                    if any(r.get("onnx_ms") is not None or r.get("onnx_error") for r in speed)
                    else ""),
                 "", speed_markdown(speed), ""]
+        for budget in sorted({r["budget"] for r in speed}):
+            split = [r for r in speed if r["budget"] == budget
+                     and r.get("backbones_ratio") is not None]
+            if split:
+                name = f"speed-{_slug(budget)}.png"
+                plots[name] = {"kind": "speed", "rows": split, "target": OVERHEAD_TARGET,
+                               "title": f"where predict's time goes, {budget} budget"}
+                out += [f"![where predict's time goes, {budget}]({plots_dir}/{name})", ""]
     if backbones:
         out += ["## Backbones: throughput against FLOPs, and what the techniques give", "",
                 "`benchmarks/bench_backbones.py` (data: `docs/results/backbones.json`): every "
@@ -1148,7 +1172,7 @@ def draw_plots(plots: dict[str, Any], folder: Path | str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from kit.plots import (report_ablation_bars, report_ablation_curve, report_defect_bars,
-                           report_methods_bars)
+                           report_methods_bars, report_speed_bars)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -1167,6 +1191,8 @@ def draw_plots(plots: dict[str, Any], folder: Path | str) -> list[Path]:
             report_defect_bars(ax, spec["rows"], spec["types"], spec["metric"])
         elif spec["kind"] == "curve":
             report_ablation_curve(ax, spec["rows"], spec["metric"])
+        elif spec["kind"] == "speed":
+            report_speed_bars(ax, spec["rows"], spec["target"])
         else:
             report_ablation_bars(ax, spec["rows"], spec["metric"])
         ax.set_title(spec["title"], fontsize=10)

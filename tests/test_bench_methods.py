@@ -167,3 +167,50 @@ def test_thread_counts_alternate_and_put_the_count_back():
     assert seen == [threads + 1] * 2 + [threads] * 2 + [threads + 1] * 2 + [threads] * 2 \
         + [threads + 1] * 2 + [threads] * 2
     assert bench_methods.torch.get_num_threads() == threads
+
+
+def test_time_inside_backbone_forwards_counts_every_cnn_a_method_runs():
+    """Two backbone forwards per call and work outside them: the forwards and their time are
+    the method's CNNs, the rest its own overhead."""
+    import time
+
+    source = FeatureExtractor("tf_efficientnet_lite0", (1,), "none").eval()
+    second = FeatureExtractor("tf_efficientnet_lite0", (2,), "none").eval()
+
+    def predict(x):
+        with bench_methods.torch.inference_mode():
+            source(x)
+            second(x)
+        time.sleep(0.02)  # the method's own work, outside every forward
+
+    row = bench_methods.time_in_backbones(predict, bench_methods.torch.rand(1, 3, 64, 64), 3)
+    assert row["backbone_forwards"] == 2 and row["backbones_ms"] > 0
+    assert row["backbones_ratio"] > 1 + 0.9 * 20 / row["backbones_ms"]  # the 20 ms outside
+    assert "timed_forward" not in FeatureExtractor.forward.__qualname__  # put back after
+
+
+def test_the_speed_table_shows_the_time_inside_backbone_forwards(toy_run):
+    row = bench_methods.measure(toy_run, repeats=3)
+    assert row["backbone_forwards"] == 1 and row["backbones_ms"] > 0  # PaDiM: one CNN
+    assert row["backbones_ratio"] >= 1
+    text = report.speed_markdown([{**row, "method": "padim", "budget": "quick", "threads": 2,
+                                   "created": "2026-12-07"}])
+    assert "inside backbone forwards" in text.splitlines()[0]
+    assert f"| {row['backbones_ms']:.1f} (1); x{row['backbones_ratio']:.2f} |" in text
+
+
+def test_the_report_draws_where_predicts_time_goes(tmp_path):
+    """One bar per measured method, split inside / outside backbone forwards; rows measured
+    before the split existed draw no plot."""
+    rows = [{"method": name, "budget": "quick", "backbone": "b", "image_size": 64,
+             "bare_ms": 2.0, "method_ms": 3.0 * (i + 1), "ratio": 1.5 * (i + 1), "threads": 2,
+             "load_before": 0.1, "load_after": 0.1, "created": "2026-12-07",
+             "backbones_ms": 2.5, "backbone_forwards": 1 + i, "backbones_ratio": 1.2 * (i + 1)}
+            for i, name in enumerate(["padim", "differnet"])]
+    text, plots = report.render_report([], speed=rows)
+    assert plots["speed-quick.png"]["rows"] == rows and "report/speed-quick.png" in text
+    (path,) = report.draw_plots({"speed-quick.png": plots["speed-quick.png"]}, tmp_path)
+    assert path.stat().st_size > 1000
+    split = ("backbones_ms", "backbone_forwards", "backbones_ratio")
+    older = [{k: v for k, v in r.items() if k not in split} for r in rows]
+    assert "speed-quick.png" not in report.render_report([], speed=older)[1]

@@ -131,7 +131,7 @@ def test_cli_bench_logs_what_each_grid_cost(toy, tmp_path, capsys):
     assert (record["runs"], record["made"], record["skipped"]) == (1, 1, 0)
     assert record["methods"] == ["padim"] and not record["whole"] and record["threads"] == 1
     assert record["data_root"] == [str(toy.resolve())] and record["seconds"] > 0
-    assert record["commit"] == source_commit()  # which code made it (None outside git)
+    assert record["commit"] == source_commit() and record["commit"]  # the checkout's commit
     assert str(tmp_path / GRID_LOG) in capsys.readouterr().out
     assert main(args) == 0  # already complete: nothing made, nothing logged
     assert len(read_grid_log(tmp_path)) == 1
@@ -148,7 +148,8 @@ def _shared_jobs(tmp_path: Path) -> list[dict]:
     """Two jobs of one shared fit, as the grid hands them to a worker."""
     return [{"method": "padim", "data_root": str(tmp_path), "category": "toy", "budget": "quick",
              "seed": 0, "fingerprint": "f", "run_dir": str(tmp_path / name), "overrides": {},
-             "tags": {}} for name in ("first", "second")]
+             "tags": {}, "ablation": DEFAULT_ABLATION, "variants": ()}
+            for name in ("first", "second")]
 
 
 def test_a_later_failure_in_a_shared_fit_keeps_the_runs_already_written(tmp_path, monkeypatch):
@@ -181,3 +182,38 @@ def test_a_shared_fit_that_writes_nothing_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(kit.experiments, "fit_or_reuse_shared", fail)
     with pytest.raises(RuntimeError, match="fit failed"):
         run_jobs(_shared_jobs(tmp_path), threads=1)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_the_commit_names_the_code_and_only_code_edits_make_it_dirty(tmp_path, monkeypatch):
+    import subprocess
+
+    import kit.paths
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    def commit_now():
+        kit.paths.source_commit.cache_clear()  # asked once per process otherwise
+        return kit.paths.source_commit()
+
+    monkeypatch.setattr(kit.paths, "REPO_ROOT", tmp_path)
+    try:
+        assert commit_now() is None  # not a checkout
+        git("init", "-q")
+        for name in ("kit/method.py", "docs/report.md"):
+            (tmp_path / name).parent.mkdir(exist_ok=True)
+            (tmp_path / name).write_text("v1\n")
+        git("add", ".")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+        head = git("rev-parse", "--short=12", "HEAD")
+        assert commit_now() == head
+        (tmp_path / "docs/report.md").write_text("regenerated\n")  # results are not code
+        assert commit_now() == head
+        (tmp_path / "kit/method.py").write_text("edited\n")
+        assert commit_now() == f"{head}+dirty"
+        monkeypatch.setenv("PATH", str(tmp_path / "no-git-here"))
+        assert commit_now() is None  # no git to ask
+    finally:
+        kit.paths.source_commit.cache_clear()

@@ -155,3 +155,35 @@ def test_tracing_a_graph_prunes_the_cache_to_its_budget(monkeypatch, tmp_path):
     monkeypatch.setenv("KIT_ONNX_CACHE_MB", "lots")
     with pytest.raises(ValueError, match="KIT_ONNX_CACHE_MB"):
         kit.ort.cache_limit_bytes()
+
+
+def test_a_graph_pruned_by_another_process_is_traced_again_and_reopening_marks_its_use(
+        monkeypatch, tmp_path):
+    import os
+
+    extractor = FeatureExtractor("tf_efficientnet_lite0", (2,), "none")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        first = extractor(x)[0]
+    (graph,) = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    os.utime(graph, (1000, 1000))
+    kit.ort.drop_sessions()  # as a run does before it begins
+    with torch.no_grad():
+        assert torch.equal(extractor(x)[0], first)
+    assert graph.stat().st_mtime > 1000  # reopened: used now, so pruned last
+
+    found = kit.ort.GraphRunner._graph
+
+    def pruned_right_after(self, *args):
+        key, path = found(self, *args)
+        if not getattr(self, "pruned_once", False):
+            self.pruned_once = True
+            path.unlink()  # another process's prune, between finding the graph and opening it
+        return key, path
+
+    monkeypatch.setattr(kit.ort.GraphRunner, "_graph", pruned_right_after)
+    kit.ort.drop_sessions()
+    with torch.no_grad():
+        again = extractor(x)[0]
+    assert extractor._graphs.failed is None and torch.equal(again, first)
+    assert extractor._graphs.exports == 2 and graph.is_file()  # traced again, same graph

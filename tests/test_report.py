@@ -164,6 +164,9 @@ def test_grids_made_from_scratch_are_collected_with_their_wall_time(tmp_path):
     assert report.merge_grids(grids, grids) == grids
     rows = report.grid_markdown(grids).splitlines()
     assert len(rows) == 3 and rows[-1].endswith("| 31.7 | 30.0 | yes | 0.90 -> 2.10 | no |")
+    assert rows[-1].startswith("| 2026-12-06 21:21 | - | quick |")  # logged before commits were
+    assert report.grid_markdown([{**grids[0], "commit": "0ef6b579631d"}]).splitlines()[-1] \
+        .startswith("| 2026-12-06 21:21 | 0ef6b579631d | quick |")
     fast = {**grids[0], "seconds": 1500.0}
     assert report.grid_markdown([fast]).endswith("| yes |")  # within the 30 minutes
     assert report.grid_markdown([{**fast, "whole": False}]).endswith("| - |")  # not the target's grid
