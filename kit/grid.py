@@ -279,26 +279,24 @@ def run_grid(jobs: list[GridJob], scheduler: str | None = None, workers: int = 1
             try:
                 summaries = future.result()
             except Exception as err:  # noqa: BLE001 - reported, and the rest of the grid goes on
-                for job in group:
-                    result.failed.append((job.run_dir, f"{type(err).__name__}: {err}"))
+                # the whole task failed: every run of it, as run_jobs marks the runs it did
+                # not write when a later run of a shared fit fails
+                summaries = [{"run_dir": job.run_dir, "error": f"{type(err).__name__}: {err}"}
+                             for job in group]
+            for job, summary in zip(group, summaries):
+                if "error" in summary:
+                    result.failed.append((job.run_dir, summary["error"]))
                     if on_done:
-                        on_done(job, None, str(err))
-                    bar.write(f"failed: {job.label}: {type(err).__name__}: {err}")
-            else:
-                for job, summary in zip(group, summaries):
-                    if "error" in summary:  # a later run of a shared fit failed after the first
-                        result.failed.append((job.run_dir, summary["error"]))
-                        if on_done:
-                            on_done(job, None, summary["error"])
-                        bar.write(f"failed: {job.label}: {summary['error']}")
-                        continue
-                    result.made.append(summary)
-                    if on_done:
-                        on_done(job, summary, None)
-                    shared = " (fit shared)" if len(group) > 1 else ""
-                    bar.write(f"done: {job.label} in {summary['seconds']:.0f} s{shared} "
-                              f"(image AUROC {_fmt(summary['image_auroc'])}, "
-                              f"pixel AUROC {_fmt(summary['pixel_auroc'])})")
+                        on_done(job, None, summary["error"])
+                    bar.write(f"failed: {job.label}: {summary['error']}")
+                    continue
+                result.made.append(summary)
+                if on_done:
+                    on_done(job, summary, None)
+                shared = " (fit shared)" if len(group) > 1 else ""
+                bar.write(f"done: {job.label} in {summary['seconds']:.0f} s{shared} "
+                          f"(image AUROC {_fmt(summary['image_auroc'])}, "
+                          f"pixel AUROC {_fmt(summary['pixel_auroc'])})")
             bar.update(len(group))
         bar.close()
     finally:

@@ -4,9 +4,9 @@ A frozen backbone run without autograd on the CPU (feature extraction, scoring) 
 ONNX Runtime: :class:`kit.backbones.FeatureExtractor` traces its network once per input shape
 into an ONNX graph, kept in ``<cache>/onnx/`` under a hash of everything that decides the
 graph (the network's name, stage taps, input shape, and the exact bytes of its weights), and
-runs it with the caller's thread count. The folder keeps ``KIT_ONNX_CACHE_MB`` (1024) of graphs;
-tracing a new one deletes the least recently used beyond that (:func:`prune_graphs`). On 2 CPU cores ONNX Runtime ran EfficientNet-Lite0
-about 2x faster than eager PyTorch at the batches the kit uses, with outputs equal to float
+runs it with the caller's thread count. The folder keeps ``KIT_ONNX_CACHE_MB`` (1024) of
+graphs; tracing a new one deletes the least recently used beyond that (:func:`prune_graphs`).
+On 2 CPU cores ONNX Runtime ran EfficientNet-Lite0 about 2x faster than eager PyTorch at the batches the kit uses, with outputs equal to float
 rounding (a few 1e-6 relative; ``benchmarks/bench_ort.py`` measures both).
 
 PyTorch still runs a forward that needs autograd (DifferNet's gradient maps, NDP-Net's
