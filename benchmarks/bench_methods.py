@@ -8,7 +8,9 @@ the median ms of ``method.predict`` (every map the method returns) and of the ba
 (``FeatureExtractor`` of the run's backbone through the stages the method reads; all five for a
 method without a ``layers`` setting), timed interleaved, and their ratio (issue 13's target:
 at most 1.5x). Beside it, the time ``predict`` spends inside backbone forwards (every CNN it
-runs, counted as it runs them) and its ratio to that: what the method adds beyond its CNNs.
+runs, counted as it runs them) and its ratio to that: what the method adds beyond its CNNs;
+and ``predict``'s floating-point operations against the bare forward's: the ratio the method
+would have if every operation ran as fast as the backbone's.
 
     .venv/bin/python benchmarks/bench_methods.py [--budget quick] [--repeats 10] [--methods ...]
     .venv/bin/python benchmarks/bench_methods.py --compile   # + predict under torch.compile
@@ -16,6 +18,7 @@ runs, counted as it runs them) and its ratio to that: what the method adds beyon
                                                              #   as ONNX graphs in ONNX Runtime
     .venv/bin/python benchmarks/bench_methods.py --batches 1 4 8 16  # + ms per image of scoring
                                                              #   16 test images at each batch size
+                                                             #   (and of the bare backbone)
     .venv/bin/python benchmarks/bench_methods.py --techniques  # + at 1 thread (method and bare)
                                                              #   and in the other backbone layout
     .venv/bin/python -m kit report --no-collect     # the report's speed table from the file
@@ -145,19 +148,27 @@ def onnx_fns(method, image: torch.Tensor, backbone: str, layers, weights: str, t
             {"onnx_export_s": round(export_s, 1), "onnx_max_rel_diff": float(f"{diff:.2e}")})
 
 
-def batch_ms(method, images: torch.Tensor, sizes: list[int], repeats: int) -> dict[str, float]:
-    """``{batch size: median ms per image}`` of ``method.predict`` over ``images`` cut into
-    pieces of each size (the way a run scores its test split), sizes interleaved per repeat."""
-    def scorer(size):
+def batch_ms(method, images: torch.Tensor, sizes: list[int], repeats: int, bare=None
+             ) -> tuple[dict[str, float], dict[str, float]]:
+    """``({batch size: median ms per image}, the same for ``bare``)``: ``method.predict`` over
+    ``images`` cut into pieces of each size (the way a run scores its test split) and, when
+    given, the bare backbone forward ``bare`` over the same pieces, all interleaved per repeat,
+    so the method's overhead is also a ratio at each batch size."""
+    def scorer(fn, size):
         def score(batch):
             for first in range(0, len(batch), size):
-                method.predict(batch[first:first + size])
+                fn(batch[first:first + size])
         return score
 
-    # one warm-up pass per size: the allocator and oneDNN's kernels for each shape
-    per_call = interleaved({size: scorer(size) for size in sizes}, images, repeats, warmups=1)
-    wall = {size: [ms / len(images) for ms in v] for size, v in per_call.items()}
-    return {str(size): round(statistics.median(v), 2) for size, v in wall.items()}
+    fns = {("method", size): scorer(method.predict, size) for size in sizes}
+    if bare is not None:
+        fns.update({("bare", size): scorer(bare, size) for size in sizes})
+    # one warm-up pass per size: the allocator and oneDNN's kernels (or graphs) for each shape
+    per_call = interleaved(fns, images, repeats, warmups=1)
+    medians = {key: round(statistics.median(ms / len(images) for ms in v), 2)
+               for key, v in per_call.items()}
+    return ({str(size): medians[("method", size)] for size in sizes},
+            {str(size): medians[("bare", size)] for size in sizes if ("bare", size) in medians})
 
 
 def thread_counts(predict, bare, image: torch.Tensor, repeats: int, threads: int, other: int
@@ -251,6 +262,52 @@ def time_in_backbones(predict, image: torch.Tensor, repeats: int) -> dict[str, A
             "backbones_ratio": round(whole / backbones, 3) if backbones > 0 else None}
 
 
+def count_flops(predict, image: torch.Tensor) -> dict[str, Any]:
+    """``predict(image)``'s floating-point operations, by the formulas of PyTorch's
+    FLOP counter (``torch.utils.flop_counter``: matrix products and convolutions, forward and
+    any backward; not element-wise work): all of them, and those inside backbone forwards (every
+    CNN it runs). Under a dispatch mode the backbones run in PyTorch, not ONNX Runtime, so every
+    operation is seen. (``FlopCounterMode`` itself tracks modules with backward hooks that
+    ``torch.autograd.grad`` on an input, DifferNet's gradient maps, refuses.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Counter(TorchDispatchMode):
+        flops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is None:  # a composite (linear, conv2d, matmul): count what it becomes
+                with self:
+                    out = func.decompose(*args, **kwargs)
+                if out is not NotImplemented:
+                    return out
+            out = func(*args, **kwargs)
+            if formula is not None:
+                self.flops += formula(*args, **kwargs, out_val=out)
+            return out
+
+    counter = Counter()
+    inside = {"flops": 0}
+    original = FeatureExtractor.forward
+
+    def counted_forward(self, *args, **kwargs):
+        before = counter.flops
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            inside["flops"] += counter.flops - before
+
+    FeatureExtractor.forward = counted_forward
+    try:
+        with counter:
+            predict(image)
+    finally:
+        FeatureExtractor.forward = original
+    return {"flops": counter.flops, "backbone_flops": inside["flops"]}
+
+
 def cold(method):
     """``method`` with its feature cache off (DifferNet's, keyed by image content): every timed
     call repeats the same image, which a cache would otherwise serve from the second call on, so
@@ -302,6 +359,11 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
         diff = max_rel_diff(method.predict(image), flipped.predict(image))
         extra["other_layout_max_rel_diff"] = float(f"{diff:.2e}")
         fns["other_layout"] = flipped.predict
+    flops, bare_flops = count_flops(method.predict, image), count_flops(backbone, image)["flops"]
+    extra.update(gflops=round(flops["flops"] / 1e9, 3),
+                 backbone_gflops=round(flops["backbone_flops"] / 1e9, 3),
+                 bare_gflops=round(bare_flops / 1e9, 3),
+                 flop_ratio=round(flops["flops"] / bare_flops, 3) if bare_flops > 0 else None)
     load_before = os.getloadavg()[0]
     wall = interleaved(fns, image, repeats)
     extra.update(time_in_backbones(method.predict, image, repeats))
@@ -313,10 +375,12 @@ def measure(run_dir: Path, repeats: int, compile_: bool = False, compile_timeout
                      compiled_speedup=round(med["method"] / med["compiled"], 3))
     if batches:
         images = ImageSet(cat.test[:n_batch_images], cfg.image_size).tensor().float() / 255.0
-        timings = batch_ms(method, images, sorted(set(batches)), max(3, repeats // 3))
+        timings, bare_timings = batch_ms(method, images, sorted(set(batches)),
+                                         max(3, repeats // 3), bare=backbone)
         best = min(timings, key=timings.get)
-        extra.update(batch_ms=timings, batch_size=cfg.batch_size, best_batch=int(best),
-                     batch_images=len(images))
+        extra.update(batch_ms=timings, bare_batch_ms=bare_timings, batch_size=cfg.batch_size,
+                     best_batch=int(best), batch_images=len(images),
+                     batch_ratio={b: round(ms / bare_timings[b], 3) for b, ms in timings.items()})
     if "other_layout" in med:
         extra.update(other_layout_ms=round(med["other_layout"], 2),
                      layout_speedup=round(med["other_layout"] / med["method"], 3),
@@ -381,13 +445,16 @@ def main(argv: list[str] | None = None) -> int:
               f" -> {row['load_after']:.2f})"
               + (f"  in {row['backbone_forwards']} backbone forward(s) {row['backbones_ms']:.1f} ms"
                  f" (x{row['backbones_ratio']:.2f})" if row.get("backbones_ratio") else "")
+              + (f"  {row['gflops']:.2f} GFLOP, x{row['flop_ratio']:.2f} the bare forward's"
+                 if row.get("flop_ratio") else "")
               + (f"  compiled {row['compiled_ms']:.1f} ms (x{row['compiled_speedup']:.2f} faster, "
                  f"{row['compile_s']:.0f} s to compile)" if "compiled_ms" in row else "")
               + (f"  compile failed: {row['compile_error']}" if "compile_error" in row else "")
               + (f"  ONNX Runtime {row['onnx_ms']:.1f} ms (x{row['onnx_speedup']:.2f} faster; bare "
                  f"{row['onnx_bare_ms']:.1f} ms, x{row['onnx_ratio']:.2f})" if "onnx_ms" in row else "")
               + (f"  ONNX failed: {row['onnx_error']}" if "onnx_error" in row else "")
-              + (f"  ms/image by batch {row['batch_ms']} (its batch_size {row['batch_size']})"
+              + (f"  ms/image by batch {row['batch_ms']} (bare {row['bare_batch_ms']}; its "
+                 f"batch_size {row['batch_size']})"
                  if "batch_ms" in row else "")
               + (f"  {row['other_threads']} thread(s) {row['other_threads_ms']:.1f} ms (bare "
                  f"{row['other_threads_bare_ms']:.1f}, x{row['other_threads_ratio']:.2f});"

@@ -432,11 +432,17 @@ def encode_all(features, images: torch.Tensor, batch_size: int, device: torch.de
                desc: str = "features") -> list[torch.Tensor]:
     """``features`` (float ``[B, 3, S, S]`` in [0, 1] -> list of maps) over every image of uint8
     ``images [N, 3, S, S]`` in batches: ``[N, C_l, H_l, W_l]`` per map, ``dtype``, on the CPU.
-    Features that stay fixed for many epochs are computed once this way, not once per epoch."""
+    Features that stay fixed for many epochs are computed once this way, not once per epoch.
+    Each batch's maps are copied into tensors allocated for all ``N`` images at the first
+    batch: no list of pieces to join, so the peak is the result, not twice it."""
     from tqdm.auto import tqdm
 
-    parts: list[list[torch.Tensor]] = []
+    out: list[torch.Tensor] = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
         batch = images[start:start + batch_size].to(device).float().div_(255)
-        parts.append([f.to(dtype).cpu().contiguous() for f in features(batch)])
-    return [torch.cat(level) for level in zip(*parts)]
+        maps = features(batch)
+        if not out:
+            out = [torch.empty((len(images), *m.shape[1:]), dtype=dtype) for m in maps]
+        for level, m in zip(out, maps):
+            level[start:start + len(batch)].copy_(m)
+    return out

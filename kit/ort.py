@@ -253,7 +253,10 @@ class GraphRunner:
             if key:
                 _SESSIONS.move_to_end((key, threads))
         outputs = session.run(None, {"images": x.detach().contiguous().numpy()})
-        return [torch.from_numpy(o) for o in outputs]
+        # copied out: the arrays ONNX Runtime returns are views of memory its session holds,
+        # so maps a caller keeps (a method's training features) would pin that memory, and
+        # the session would claim more for every later batch (about 4x the kept maps' bytes)
+        return [torch.from_numpy(o).clone() for o in outputs]
 
     def __call__(self, x: torch.Tensor, n_out: int) -> list[torch.Tensor] | None:
         """The maps for float32 ``x [B, 3, H, W]`` on the CPU, as CPU tensors; None where a

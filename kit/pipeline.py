@@ -32,7 +32,7 @@ from kit.method import (AnomalyMethod, EpochCallback, FitContext, method_class,
                         seed_everything)
 from kit.devices import resolve_device
 from kit.paths import source_commit
-from kit.runfacts import PeakRSS, model_facts
+from kit.runfacts import MemoryWarning, PeakRSS, memory_warning, model_facts
 from kit.runstore import Run, RunError, check_run_target, display_maps, load_run, write_run
 
 EMBED_TEST = 240  # test images whose features are stored for the embedding plots
@@ -299,6 +299,9 @@ def run_experiments(method_name: str, data_root: Path | str, category: str,
                          synthetic=synthetic_generator(fit_samples, cat.name, cfg.image_size, seed),
                          seed=seed, device=method.device, on_epoch=on_epoch, progress=progress)
 
+    too_big = memory_warning(method_name, budget, len(fit_samples))
+    if too_big:
+        warnings.warn(too_big, MemoryWarning, stacklevel=2)
     stage("fitting", 0.05)
     start = time.perf_counter()
     with PeakRSS() as fit_memory:

@@ -571,7 +571,8 @@ def report_defect_bars(ax, rows: Sequence[Mapping], types: Sequence[Mapping],
 def report_speed_bars(ax, rows: Sequence[Mapping], target: float) -> None:
     """Where each method's ``predict`` time goes (``docs/results/speed.json`` rows with
     ``backbones_ms``): ms inside backbone forwards and the method's own ms beyond them, one
-    horizontal bar per method, with a tick at ``target`` times its bare backbone forward."""
+    horizontal bar per method, with a tick at ``target`` times its bare backbone forward and,
+    where counted, a diamond at its FLOPs run at the bare forward's FLOPs per ms."""
     rows = sorted(rows, key=lambda r: r["backbones_ms"] * r["backbones_ratio"])
     y = np.arange(len(rows))
     inside = [r["backbones_ms"] for r in rows]
@@ -580,6 +581,11 @@ def report_speed_bars(ax, rows: Sequence[Mapping], target: float) -> None:
     ax.barh(y, own, 0.6, left=inside, color="#4c72b0", label="the method's own")
     ax.plot([target * r["bare_ms"] for r in rows], y, "|", color="#d62728", markersize=14,
             markeredgewidth=2, label=f"{target:g}x one bare forward")
+    counted = [(i, r["flop_ratio"] * r["bare_ms"]) for i, r in enumerate(rows)
+               if r.get("flop_ratio") is not None]
+    if counted:  # where predict would end if all its operations ran at the bare forward's rate
+        ax.plot([ms for _, ms in counted], [i for i, _ in counted], "D", color="black",
+                markersize=4, label="its FLOPs at the bare forward's rate")
     ax.set_yticks(y, [f"{r['method']} ({r['backbone_forwards']} fwd)" for r in rows], fontsize=8)
     ax.set_xlim(0, None)  # linear from 0: a bar's length is its time
     ax.set_xlabel("ms per image, batch 1", fontsize=8)

@@ -100,14 +100,21 @@ def test_scoring_is_timed_at_each_batch_size_beside_the_methods_own(toy_run):
     assert list(row["batch_ms"]) == ["1", "4"] and all(v > 0 for v in row["batch_ms"].values())
     assert row["batch_images"] == 5 and row["best_batch"] in (1, 4)
     assert row["best_batch"] == int(min(row["batch_ms"], key=row["batch_ms"].get))
+    # the bare backbone over the same pieces, and the method's ratio to it at each size
+    assert list(row["bare_batch_ms"]) == ["1", "4"] and all(v > 0 for v in row["bare_batch_ms"].values())
+    assert row["batch_ratio"] == {b: round(row["batch_ms"][b] / row["bare_batch_ms"][b], 3)
+                                  for b in ("1", "4")}
     text = report.speed_markdown([{**row, "batch_size": 4, "method": "padim", "budget": "quick",
                                    "threads": 2, "created": "2026-12-06"}])
     assert "by batch size" in text.splitlines()[0]
     assert text.splitlines()[-1].endswith(
-        f"1: {row['batch_ms']['1']:.1f}, **4: {row['batch_ms']['4']:.1f}** |")
-    # sizes in numeric order, though speed.json sorts its keys as text ("16" before "4")
+        f"1: {row['batch_ms']['1']:.1f} (x{row['batch_ratio']['1']:.2f}), "
+        f"**4: {row['batch_ms']['4']:.1f} (x{row['batch_ratio']['4']:.2f})** |")
+    # sizes in numeric order, though speed.json sorts its keys as text ("16" before "4"); rows
+    # measured before the bare backbone was timed per size show no ratio
     stored = {**row, "batch_ms": {"1": 3.0, "16": 1.0, "4": 2.0}, "batch_size": 4,
               "method": "padim", "budget": "quick", "threads": 2, "created": "2026-12-06"}
+    del stored["batch_ratio"]
     assert report.speed_markdown([stored]).endswith("1: 3.0, **4: 2.0**, 16: 1.0 |")
 
 
@@ -189,6 +196,41 @@ def test_time_inside_backbone_forwards_counts_every_cnn_a_method_runs():
     assert "timed_forward" not in FeatureExtractor.forward.__qualname__  # put back after
 
 
+def test_flops_are_counted_inside_and_outside_backbone_forwards_backward_included():
+    """A backbone forward, then 64 x 256 x 256 multiply-adds of the method's own and their
+    backward to the input (as DifferNet's gradient maps): each counted once, where it ran,
+    exactly as PyTorch's FLOP formulas count them, and the backbone counted in PyTorch."""
+    torch = bench_methods.torch
+    source = FeatureExtractor("tf_efficientnet_lite0", (1,), "none").eval()
+    weight = torch.rand(256, 256)
+    image = torch.rand(1, 3, 64, 64)
+
+    def predict(x):
+        with torch.inference_mode():
+            source(x)
+        h = torch.rand(64, 256, requires_grad=True)
+        (grad,) = torch.autograd.grad((h @ weight).sum(), h)
+        return grad
+
+    counted = bench_methods.count_flops(predict, image)
+    bare = bench_methods.count_flops(lambda x: source(x), image)
+    own = 2 * 64 * 256 * 256
+    assert bare["flops"] == bare["backbone_flops"] > 0  # lite0's stem and first stages
+    assert counted["backbone_flops"] == bare["flops"]
+    assert counted["flops"] - counted["backbone_flops"] == 2 * own  # forward and backward
+    assert "counted_forward" not in FeatureExtractor.forward.__qualname__  # put back after
+
+
+def test_the_speed_table_shows_the_flop_ratio(toy_run):
+    row = bench_methods.measure(toy_run, repeats=2)
+    assert row["gflops"] >= row["backbone_gflops"] == row["bare_gflops"] > 0  # PaDiM: one CNN
+    assert row["flop_ratio"] > 1  # its Mahalanobis products beyond the forward
+    text = report.speed_markdown([{**row, "method": "padim", "budget": "quick", "threads": 2,
+                                   "created": "2026-12-07"}])
+    assert "GFLOP per image" in text.splitlines()[0]
+    assert f"| {row['gflops']:.2f} (x{row['flop_ratio']:.2f}) |" in text
+
+
 def test_the_speed_table_shows_the_time_inside_backbone_forwards(toy_run):
     row = bench_methods.measure(toy_run, repeats=3)
     assert row["backbone_forwards"] == 1 and row["backbones_ms"] > 0  # PaDiM: one CNN
@@ -207,6 +249,7 @@ def test_the_report_draws_where_predicts_time_goes(tmp_path):
              "load_before": 0.1, "load_after": 0.1, "created": "2026-12-07",
              "backbones_ms": 2.5, "backbone_forwards": 1 + i, "backbones_ratio": 1.2 * (i + 1)}
             for i, name in enumerate(["padim", "differnet"])]
+    rows[1].update(gflops=4.3, flop_ratio=18.0)  # a diamond where its FLOPs would end; padim's row has none
     text, plots = report.render_report([], speed=rows)
     assert plots["speed-quick.png"]["rows"] == rows and "report/speed-quick.png" in text
     (path,) = report.draw_plots({"speed-quick.png": plots["speed-quick.png"]}, tmp_path)

@@ -184,18 +184,29 @@ def test_nf_bmr_refuses_to_predict_before_fit():
 
 
 def test_training_features_come_from_the_cache_the_second_time(sample_root, tmp_path, monkeypatch):
-    """Real (offline) weights at 64 px: the second fit reads every image's features back."""
+    """Real (offline) weights at 64 px: the second fit reads every image's features back; an
+    image missing from the cache is computed alone, into its place among the cached ones."""
     monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
     cat = find_category(sample_root, "magnetic_tile")
     train = ImageSet(cat.train[:6], 64)
     method = make_method("bpfm", "quick", image_size=64, map_epochs=1, latent=8)
-    first = method.training_features(train, progress=False)
     calls = []
     method.raw_features = lambda x, _orig=method.raw_features: calls.append(len(x)) or _orig(x)
-    second = method.training_features(train, progress=False)
-    assert calls == [1]  # one probe image to learn the shapes, no training image
+    first = method.training_features(train, progress=False)
+    assert calls == [1, 6]  # one probe image to learn the shapes, then the training images
+    fresh = make_method("bpfm", "quick", image_size=64, map_epochs=1, latent=8)
+    fresh.raw_features = lambda x, _orig=fresh.raw_features: calls.append(len(x)) or _orig(x)
+    second = fresh.training_features(train, progress=False)
+    assert calls[2:] == [1]  # the probe, no training image
     for a, b in zip(first, second):
         assert torch.allclose(a, b, atol=2e-2, rtol=1e-2)  # stored as float16
+    cached = sorted((tmp_path / "cache").rglob("*.npy"))
+    assert len(cached) == 6
+    cached[0].unlink()
+    third = fresh.training_features(train, progress=False)
+    assert calls[3:] == [1]  # the missing image alone (the shapes are known by now)
+    for a, b in zip(second, third):
+        assert torch.allclose(a, b, atol=2e-2, rtol=1e-2)
 
 
 @pytest.mark.slow

@@ -47,6 +47,16 @@ def test_onnx_runtime_gives_pytorchs_maps_deterministically_and_batch_by_batch(m
         assert float((a - b).abs().max() / b.abs().max()) < 1e-4
 
 
+def test_maps_are_owned_by_pytorch_not_views_of_the_sessions_memory():
+    """A method keeps its training maps: a map that viewed the memory ONNX Runtime returned
+    would pin the session's arena (a numpy-backed storage, which cannot be resized)."""
+    extractor = FeatureExtractor("tf_efficientnet_lite0", (1, 2), "offline")
+    with torch.inference_mode():
+        maps = extractor(torch.rand(2, 3, 64, 64))
+    assert extractor.numerics == "onnxruntime" and extractor._graphs.failed is None
+    assert all(m.untyped_storage().resizable() for m in maps)
+
+
 def test_graphs_are_reused_by_weights_and_retraced_when_weights_change(monkeypatch):
     extractor = FeatureExtractor("tf_efficientnet_lite0", (3,), "none")
     x = torch.rand(2, 3, 64, 64)

@@ -143,3 +143,31 @@ def test_padim_on_the_embedded_real_sample(sample_root, tmp_path):
     assert 0.6 < m["pixel_auroc"] <= 1 and 0 < m["aupro"] <= 1
     assert m["n_test"] == 65 and m["n_train"] == 90
     assert np.isfinite(m["precision"]) and m["threshold"] > 0
+
+
+def test_a_fit_the_reference_results_say_will_not_fit_in_memory_is_warned_before_it_starts(
+        toy_root, tmp_path, monkeypatch):
+    from kit import runfacts
+
+    records = [{"method": "padim", "budget": "quick", "data": "mtd", "run": "padim-ref",
+                "fit_peak_rss_mb": 4096.0, "n_train": 10},
+               {"method": "padim", "budget": "quick", "data": "sample", "run": "padim-sample",
+                "fit_peak_rss_mb": 99999.0, "n_train": 10},  # the embedded sample: not a reference
+               {"method": "cflow", "budget": "quick", "data": "mtd", "run": "cflow-ref",
+                "fit_peak_rss_mb": 99999.0, "n_train": 10}]
+    text = runfacts.memory_warning("padim", "quick", 5, available_mb=3000, records=records)
+    assert "padim-ref" in text and "4.0 GB on 10 training images" in text and "2.9 GB" in text
+    assert runfacts.memory_warning("padim", "quick", 5, available_mb=5000, records=records) is None
+    # more training images than the reference's: its peak scaled up
+    assert runfacts.memory_warning("padim", "quick", 20, available_mb=5000, records=records)
+    assert runfacts.memory_warning("padim", "full", 5, available_mb=1, records=records) is None
+    assert runfacts.memory_warning("padim", "quick", 5, available_mb=1, records=[]) is None
+
+    # the pipeline asks before the fit, with the committed records and this machine's memory
+    asked = []
+    monkeypatch.setattr("kit.pipeline.memory_warning",
+                        lambda *a: asked.append(a) or "too big for this machine")
+    with pytest.warns(runfacts.MemoryWarning, match="too big for this machine"):
+        path = _fit(toy_root, tmp_path / "run")
+    m = load_run(path).metrics
+    assert asked == [("padim", "quick", m["n_train"])]

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from kit.allocator import release_free_memory
 from kit.backbones import FeatureExtractor
 from kit.cache import FeatureCache, file_key, params_key
 from kit.data import ImageSet
@@ -141,50 +142,65 @@ class BPfm(AnomalyMethod):
     @torch.inference_mode()
     def training_features(self, train: ImageSet, progress: bool) -> list[torch.Tensor]:
         """:meth:`raw_features` of every training image, on the CPU, ``[N, C, H, W]`` each;
-        from the feature cache where it has them (a frozen backbone's features never change)."""
+        from the feature cache where it has them (a frozen backbone's features never change).
+        The tensors are allocated for all ``N`` images first and filled image by image, so the
+        peak is the features themselves (MB-PFM's full budget holds about 1.2 GB of them)."""
         c = self.config
         cache = FeatureCache(self.cache_spec(), dtype="float16",
                              enabled=c.cache and self.source.weights != "none")
         keys = [file_key(s.path, train.image_size) for s in train.samples]
-        rows: list[list[torch.Tensor] | None] = [None] * len(train)
+        out = [torch.empty((len(train), *shape)) for shape in self._raw_shapes()]
+        todo = []
         for i, key in enumerate(keys):
             hit = cache.get(key, NO_TRANSFORM) if cache.enabled else None
-            if hit is not None:
-                rows[i] = self._split_cached(torch.from_numpy(hit))
-        todo = [i for i, r in enumerate(rows) if r is None]
+            if hit is None:
+                todo.append(i)
+            else:
+                self._split_into(torch.from_numpy(hit), [level[i] for level in out])
         step = c.extract_batch_size
         for start in tqdm(range(0, len(todo), step), desc=f"{self.name}: features",
                           disable=not progress or not todo, leave=False):
             idx = todo[start:start + step]
             maps = self.raw_features(torch.stack([train[i] for i in idx]))
-            for j, i in enumerate(idx):
-                rows[i] = [m[j].cpu() for m in maps]
-                if cache.enabled:
-                    cache.put(keys[i], NO_TRANSFORM, torch.cat([m.flatten() for m in rows[i]]))
-        return [torch.stack(level) for level in zip(*rows)]
-
-    def _split_cached(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """A cached row (every raw map of one image, flattened and joined) back into maps."""
-        if getattr(self, "_raw_shapes", None) is None:  # what one image gives, found once
-            s = self.config.image_size
-            self._raw_shapes = [m.shape[1:] for m in self.raw_features(torch.zeros(1, 3, s, s))]
-        out, start = [], 0
-        for shape in self._raw_shapes:
-            size = shape.numel()
-            out.append(flat[start:start + size].float().view(shape))
-            start += size
+            for level, m in zip(out, maps):
+                level[idx] = m.cpu()
+            if cache.enabled:
+                for i in idx:
+                    cache.put(keys[i], NO_TRANSFORM, torch.cat([level[i].flatten() for level in out]))
         return out
+
+    def _raw_shapes(self) -> list[torch.Size]:
+        """``[C, H, W]`` of each of :meth:`raw_features`' maps for one image, found once."""
+        if getattr(self, "_raw_shape_list", None) is None:
+            s = self.config.image_size
+            with torch.inference_mode():
+                self._raw_shape_list = [m.shape[1:] for m in self.raw_features(torch.zeros(1, 3, s, s))]
+        return self._raw_shape_list
+
+    def _split_into(self, flat: torch.Tensor, maps: list[torch.Tensor]) -> None:
+        """A cached row (every raw map of one image, flattened and joined) copied into
+        ``maps``, one ``[C, H, W]`` tensor per raw map."""
+        start = 0
+        for m in maps:
+            size = m.numel()
+            m.copy_(flat[start:start + size].view(m.shape))
+            start += size
 
     # -- fit --------------------------------------------------------------------------------------
     def fit(self, train: ImageSet, context: FitContext | None = None) -> dict[str, Any]:
         context = self.fit_context(context)
         t0 = time.perf_counter()
         raw = self.training_features(train, context.progress)
+        # the backbones are idle until scoring: hand back their ONNX Runtime sessions (whose
+        # memory arenas hold about as much as the features at the full budget) and the freed
+        # heap before the spaces and the mappings' training claim memory of their own
+        release_free_memory()
         log: dict[str, Any] = {"extract_seconds": round(time.perf_counter() - t0, 3),
                                "n_images": len(train)}
         log.update(self.fit_spaces(raw, context))
         with torch.no_grad():
             pairs = self._batched_spaces(raw)
+        del raw  # the mappings train on the pairs alone
         log.update(self.fit_mappings(pairs, context))
         self._fitted = True
         return log
@@ -199,12 +215,19 @@ class BPfm(AnomalyMethod):
         return 0
 
     def _batched_spaces(self, raw: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """:meth:`spaces` of all training features, in batches, on the CPU."""
-        step = self.config.extract_batch_size
-        parts = [self.spaces([r[start:start + step].to(self.device) for r in raw])
-                 for start in range(0, raw[0].shape[0], step)]
-        return [(torch.cat([p[k][0].cpu() for p in parts]), torch.cat([p[k][1].cpu() for p in parts]))
-                for k in range(len(parts[0]))]
+        """:meth:`spaces` of all training features, in batches, on the CPU, each batch copied
+        into tensors allocated for all images at the first (the peak is the result, not twice)."""
+        step, n = self.config.extract_batch_size, raw[0].shape[0]
+        out: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for start in range(0, n, step):
+            pairs = self.spaces([r[start:start + step].to(self.device) for r in raw])
+            if not out:
+                out = [(torch.empty((n, *y.shape[1:])), torch.empty((n, *z.shape[1:])))
+                       for y, z in pairs]
+            for (y_all, z_all), (y, z) in zip(out, pairs):
+                y_all[start:start + len(y)].copy_(y)
+                z_all[start:start + len(z)].copy_(z)
+        return out
 
     def fit_mappings(self, pairs: list[tuple[torch.Tensor, torch.Tensor]],
                      context: FitContext) -> dict[str, Any]:
