@@ -1077,9 +1077,10 @@ def render_report(records: list[dict[str, Any]], results_name: str = "docs/resul
                    "work not), against the bare forward's: the ratio the method would have if its "
                    "own work ran as fast per operation as the backbone. Where that is above the "
                    f"{OVERHEAD_TARGET}x target, the method computes too much beyond its backbone for "
-                   "the target to be met at the paper's settings, however it is implemented; "
-                   "where it is below and the timed ratio is above, the cost is in how the work "
-                   "runs (memory traffic, small operations)."
+                   "the target to be met at the paper's settings, unless its own work ran faster "
+                   "per operation than the backbone's forward; where it is below and the timed "
+                   "ratio is above, the cost is in how the work runs (memory traffic, small "
+                   "operations)."
                    if any(r.get("flop_ratio") is not None for r in speed) else "")
                 + (" With `--compile`, the same `predict` under `torch.compile` (inductor) is timed "
                    "beside them: its speed-up over eager, the seconds its first call took (in one "
