@@ -780,7 +780,7 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
     if inside:
         lines[0] += " inside backbone forwards: ms (forwards per call); the method's ratio to them |"
         lines[1] += "---|"
-    counted = [r for r in speed if r.get("flop_ratio") is not None]
+    counted = [r for r in speed if r.get("flop_ratio") is not None or r.get("flops_error")]
     if counted:
         lines[0] += " GFLOP per image (x the bare forward's) |"
         lines[1] += "---|"
@@ -796,8 +796,10 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
         lines[1] += "---|"
     batched = [r for r in speed if r.get("batch_ms")]
     if batched:
-        lines[0] += (" scoring ms/image by batch size (ratio to the bare backbone at that size; "
-                     "the kit's default in bold) |")
+        lines[0] += (" scoring ms/image by batch size ("
+                     + ("ratio to the bare backbone at that size; "
+                        if any(r.get("batch_ratio") for r in batched) else "")
+                     + "the kit's default in bold) |")
         lines[1] += "---|"
     techniques = [r for r in speed if r.get("other_layout_ms") is not None]
     if techniques:
@@ -815,8 +817,8 @@ def speed_markdown(speed: list[dict[str, Any]]) -> str:
                      f"x{r['backbones_ratio']:.2f} |" if r.get("backbones_ratio") is not None
                      else " - |")
         if counted:
-            line += (f" {r['gflops']:.2f} (x{r['flop_ratio']:.2f}) |"
-                     if r.get("flop_ratio") is not None else " - |")
+            line += (f" {r['gflops']:.2f} (x{r['flop_ratio']:.2f}) |" if r.get("flop_ratio") is not None
+                     else f" not counted: {r['flops_error']} |" if r.get("flops_error") else " - |")
         if compiled:
             saved = r["method_ms"] - r["compiled_ms"] if r.get("compiled_ms") is not None else 0
             payback = f"{1000 * r['compile_s'] / saved:.0f}" if saved > 0 else "never"

@@ -102,18 +102,24 @@ class MemoryWarning(UserWarning):
 def reference_fit_peak(records: list[dict[str, Any]], method: str, budget: str
                        ) -> dict[str, Any] | None:
     """The committed run (``docs/results/runs.json`` records) of ``method`` at ``budget`` on
-    real data whose fit peaked highest, or None where there is none with a measured peak."""
+    real data with a measured fit peak that says most about a new fit: the newest with the
+    default settings (the code that made it is closest to today's), else the newest of any
+    settings; None where there is none."""
     measured = [r for r in records if r.get("method") == method and r.get("budget") == budget
                 and r.get("data") != "sample" and r.get("fit_peak_rss_mb")]
-    return max(measured, key=lambda r: r["fit_peak_rss_mb"], default=None)
+    default = [r for r in measured if not r.get("overrides")]  # an ablation's default variant too
+    return max(default or measured, key=lambda r: r.get("created") or "", default=None)
+
+
+PROCESS_BASE_MB = 1024.0  # about what a kit process holds before a fit (torch, a backbone)
 
 
 def memory_warning(method: str, budget: str, n_train: int, available_mb: float | None = None,
                    records: list[dict[str, Any]] | None = None) -> str | None:
     """What to tell a user before a fit that the reference results say will not fit in memory:
-    the committed run's peak (scaled up by ``n_train`` over its training images where there
-    are more; a process's fixed share makes that a generous estimate) against ``available_mb``
-    (default: what the operating system says is available now). None where it fits."""
+    the committed run's peak (its part above :data:`PROCESS_BASE_MB` scaled up by ``n_train``
+    over its training images where there are more) against ``available_mb`` (default: what the
+    operating system says is available now). None where it fits or nothing is known."""
     if records is None:
         from kit.report import reference_records
 
@@ -121,14 +127,16 @@ def memory_warning(method: str, budget: str, n_train: int, available_mb: float |
     ref = reference_fit_peak(records, method, budget)
     if ref is None:
         return None
-    ref_n = ref.get("n_train") or 0
-    need = ref["fit_peak_rss_mb"] * max(1.0, n_train / ref_n if ref_n else 1.0)
+    peak, ref_n = float(ref["fit_peak_rss_mb"]), ref.get("n_train") or 0
+    base = min(peak, PROCESS_BASE_MB)
+    need = base + (peak - base) * max(1.0, n_train / ref_n if ref_n else 1.0)
     if available_mb is None:
         available_mb = psutil.virtual_memory().available / 2**20
     if need <= available_mb:
         return None
     return (f"{method} at the {budget} budget may not fit in memory: its reference fit "
-            f"(docs/results/runs.json, {ref['run']}) peaked at {ref['fit_peak_rss_mb'] / 1024:.1f} GB "
-            f"on {ref_n or 'an unrecorded number of'} training images, this fit has {n_train}, and "
-            f"{available_mb / 1024:.1f} GB are available now. If it is killed or swaps, use "
-            "--budget quick, fewer training images (max_train_images) or close other programs.")
+            f"(docs/results/runs.json, {ref.get('run', 'a run')}) peaked at {peak / 1024:.1f} GB "
+            f"on {ref_n or 'an unrecorded number of'} training images, this fit has {n_train} "
+            f"(about {need / 1024:.1f} GB), and {available_mb / 1024:.1f} GB are available now. If "
+            "it is killed or swaps, use --budget quick, fewer training images (max_train_images) "
+            "or close other programs.")

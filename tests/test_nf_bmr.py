@@ -221,3 +221,10 @@ def test_quick_budget_on_the_embedded_real_sample(sample_root, sample_default_ru
     assert run.metrics["pixel_auroc"] >= 0.801 - 0.03
     assert run.metrics["maps"]["NF"]["pixel_auroc"] >= 0.815 - 0.03
     assert run.config["train_log"]["flow_nll"][-1] < run.config["train_log"]["flow_nll"][0]
+
+
+@pytest.mark.parametrize("name", ["bpfm", "mbpfm", "nf_bmr"])
+def test_a_fit_without_training_images_is_refused(name):
+    method = make_method(name, "quick", **FAST[name])
+    with pytest.raises(ValueError, match="at least one training image"):
+        method.fit(ImageSet([], 64))

@@ -150,16 +150,23 @@ def test_a_fit_the_reference_results_say_will_not_fit_in_memory_is_warned_before
     from kit import runfacts
 
     records = [{"method": "padim", "budget": "quick", "data": "mtd", "run": "padim-ref",
-                "fit_peak_rss_mb": 4096.0, "n_train": 10},
+                "fit_peak_rss_mb": 4096.0, "n_train": 10, "created": "2026-12-07T10:00:00"},
+               {"method": "padim", "budget": "quick", "data": "mtd", "run": "padim-older",
+                "fit_peak_rss_mb": 9000.0, "n_train": 10, "created": "2026-12-06T10:00:00"},
+               {"method": "padim", "budget": "quick", "data": "mtd", "run": "padim-ablation",
+                "fit_peak_rss_mb": 9000.0, "n_train": 10, "created": "2026-12-08T10:00:00",
+                "ablation": "table1", "overrides": {"n_features": 400}},
                {"method": "padim", "budget": "quick", "data": "sample", "run": "padim-sample",
                 "fit_peak_rss_mb": 99999.0, "n_train": 10},  # the embedded sample: not a reference
                {"method": "cflow", "budget": "quick", "data": "mtd", "run": "cflow-ref",
                 "fit_peak_rss_mb": 99999.0, "n_train": 10}]
+    # the newest default-settings record speaks for today's code, not older or other settings
     text = runfacts.memory_warning("padim", "quick", 5, available_mb=3000, records=records)
     assert "padim-ref" in text and "4.0 GB on 10 training images" in text and "2.9 GB" in text
     assert runfacts.memory_warning("padim", "quick", 5, available_mb=5000, records=records) is None
-    # more training images than the reference's: its peak scaled up
-    assert runfacts.memory_warning("padim", "quick", 20, available_mb=5000, records=records)
+    # more training images than the reference's: its part above the process's base scaled up
+    text = runfacts.memory_warning("padim", "quick", 20, available_mb=5000, records=records)
+    assert "this fit has 20 (about 7.0 GB)" in text
     assert runfacts.memory_warning("padim", "full", 5, available_mb=1, records=records) is None
     assert runfacts.memory_warning("padim", "quick", 5, available_mb=1, records=[]) is None
 

@@ -37,6 +37,13 @@ from kit.papers.bpfm import PAPER
 NO_TRANSFORM = params_key([])  # the cache's transform key of an untransformed image
 
 
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """Channels-last where ``x [B, C, H, W]`` is stored so (and not also plainly contiguous)."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 @dataclass
 class BPfmConfig(MethodConfig):
     # -- the two spaces --
@@ -149,7 +156,8 @@ class BPfm(AnomalyMethod):
         cache = FeatureCache(self.cache_spec(), dtype="float16",
                              enabled=c.cache and self.source.weights != "none")
         keys = [file_key(s.path, train.image_size) for s in train.samples]
-        out = [torch.empty((len(train), *shape)) for shape in self._raw_shapes()]
+        # NCHW float32, as the stacked per-image maps were before (whatever the backbone's layout)
+        out = [torch.empty((len(train), *shape)) for shape in self._raw_shapes(train.image_size)]
         todo = []
         for i, key in enumerate(keys):
             hit = cache.get(key, NO_TRANSFORM) if cache.enabled else None
@@ -169,13 +177,14 @@ class BPfm(AnomalyMethod):
                     cache.put(keys[i], NO_TRANSFORM, torch.cat([level[i].flatten() for level in out]))
         return out
 
-    def _raw_shapes(self) -> list[torch.Size]:
-        """``[C, H, W]`` of each of :meth:`raw_features`' maps for one image, found once."""
-        if getattr(self, "_raw_shape_list", None) is None:
-            s = self.config.image_size
+    def _raw_shapes(self, size: int) -> list[torch.Size]:
+        """``[C, H, W]`` of each of :meth:`raw_features`' maps for one ``size`` x ``size``
+        image, found once per size (a batch-1 forward, whose graph scoring uses too)."""
+        shapes = self.__dict__.setdefault("_raw_shape_lists", {})
+        if size not in shapes:
             with torch.inference_mode():
-                self._raw_shape_list = [m.shape[1:] for m in self.raw_features(torch.zeros(1, 3, s, s))]
-        return self._raw_shape_list
+                shapes[size] = [m.shape[1:] for m in self.raw_features(torch.zeros(1, 3, size, size))]
+        return shapes[size]
 
     def _split_into(self, flat: torch.Tensor, maps: list[torch.Tensor]) -> None:
         """A cached row (every raw map of one image, flattened and joined) copied into
@@ -189,13 +198,16 @@ class BPfm(AnomalyMethod):
     # -- fit --------------------------------------------------------------------------------------
     def fit(self, train: ImageSet, context: FitContext | None = None) -> dict[str, Any]:
         context = self.fit_context(context)
+        if len(train) == 0:
+            raise ValueError(f"{self.name} needs at least one training image")
         t0 = time.perf_counter()
         raw = self.training_features(train, context.progress)
+        extract_seconds = time.perf_counter() - t0
         # the backbones are idle until scoring: hand back their ONNX Runtime sessions (whose
         # memory arenas hold about as much as the features at the full budget) and the freed
         # heap before the spaces and the mappings' training claim memory of their own
         release_free_memory()
-        log: dict[str, Any] = {"extract_seconds": round(time.perf_counter() - t0, 3),
+        log: dict[str, Any] = {"extract_seconds": round(extract_seconds, 3),
                                "n_images": len(train)}
         log.update(self.fit_spaces(raw, context))
         with torch.no_grad():
@@ -221,8 +233,9 @@ class BPfm(AnomalyMethod):
         out: list[tuple[torch.Tensor, torch.Tensor]] = []
         for start in range(0, n, step):
             pairs = self.spaces([r[start:start + step].to(self.device) for r in raw])
-            if not out:
-                out = [(torch.empty((n, *y.shape[1:])), torch.empty((n, *z.shape[1:])))
+            if not out:  # the dtype and memory layout torch.cat of the pieces would give
+                out = [(torch.empty((n, *y.shape[1:]), dtype=y.dtype, memory_format=_layout(y)),
+                        torch.empty((n, *z.shape[1:]), dtype=z.dtype, memory_format=_layout(z)))
                        for y, z in pairs]
             for (y_all, z_all), (y, z) in zip(out, pairs):
                 y_all[start:start + len(y)].copy_(y)
