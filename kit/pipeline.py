@@ -299,7 +299,7 @@ def run_experiments(method_name: str, data_root: Path | str, category: str,
                          synthetic=synthetic_generator(fit_samples, cat.name, cfg.image_size, seed),
                          seed=seed, device=method.device, on_epoch=on_epoch, progress=progress)
 
-    too_big = memory_warning(method_name, budget, len(fit_samples))
+    too_big = memory_warning(method_name, budget, len(fit_samples), n_test=len(cat.test))
     if too_big:
         warnings.warn(too_big, MemoryWarning, stacklevel=2)
     stage("fitting", 0.05)

@@ -114,12 +114,21 @@ def reference_fit_peak(records: list[dict[str, Any]], method: str, budget: str
 PROCESS_BASE_MB = 1024.0  # about what a kit process holds before a fit (torch, a backbone)
 
 
+def _scaled(peak: float, n: int, ref_n: int) -> float:
+    """``peak`` MB with its part above :data:`PROCESS_BASE_MB` scaled up by ``n / ref_n``."""
+    base = min(peak, PROCESS_BASE_MB)
+    return base + (peak - base) * max(1.0, n / ref_n if ref_n else 1.0)
+
+
 def memory_warning(method: str, budget: str, n_train: int, available_mb: float | None = None,
-                   records: list[dict[str, Any]] | None = None) -> str | None:
-    """What to tell a user before a fit that the reference results say will not fit in memory:
-    the committed run's peak (its part above :data:`PROCESS_BASE_MB` scaled up by ``n_train``
-    over its training images where there are more) against ``available_mb`` (default: what the
-    operating system says is available now). None where it fits or nothing is known."""
+                   records: list[dict[str, Any]] | None = None, n_test: int | None = None
+                   ) -> str | None:
+    """What to tell a user before a run that the reference results say will not fit in memory:
+    the committed run's fit peak (its part above :data:`PROCESS_BASE_MB` scaled up by
+    ``n_train`` over its training images where there are more) and, given ``n_test``, its
+    scoring peak scaled the same way by test images (scoring a full-budget split can need more
+    than the fit), against ``available_mb`` (default: what the operating system says is
+    available now). None where it fits or nothing is known."""
     if records is None:
         from kit.report import reference_records
 
@@ -128,15 +137,23 @@ def memory_warning(method: str, budget: str, n_train: int, available_mb: float |
     if ref is None:
         return None
     peak, ref_n = float(ref["fit_peak_rss_mb"]), ref.get("n_train") or 0
-    base = min(peak, PROCESS_BASE_MB)
-    need = base + (peak - base) * max(1.0, n_train / ref_n if ref_n else 1.0)
+    need, stage = _scaled(peak, n_train, ref_n), "fitting"
+    score_peak, ref_test = ref.get("score_peak_rss_mb"), ref.get("n_test") or 0
+    if n_test is not None and score_peak:
+        score_need = _scaled(float(score_peak), n_test, ref_test)
+        if score_need > need:
+            need, stage = score_need, "scoring"
     if available_mb is None:
         available_mb = psutil.virtual_memory().available / 2**20
     if need <= available_mb:
         return None
-    return (f"{method} at the {budget} budget may not fit in memory: its reference fit "
-            f"(docs/results/runs.json, {ref.get('run', 'a run')}) peaked at {peak / 1024:.1f} GB "
-            f"on {ref_n or 'an unrecorded number of'} training images, this fit has {n_train} "
-            f"(about {need / 1024:.1f} GB), and {available_mb / 1024:.1f} GB are available now. If "
-            "it is killed or swaps, use --budget quick, fewer training images (max_train_images) "
-            "or close other programs.")
+    scoring = (f", scoring {ref_test or 'an unrecorded number of'} test images at "
+               f"{float(score_peak) / 1024:.1f} GB" if n_test is not None and score_peak else "")
+    return (f"{method} at the {budget} budget may not fit in memory: its reference run "
+            f"(docs/results/runs.json, {ref.get('run', 'a run')}) peaked fitting "
+            f"{ref_n or 'an unrecorded number of'} training images at {peak / 1024:.1f} GB{scoring}; "
+            f"this run has {n_train} training"
+            + (f" and {n_test} test" if n_test is not None else "")
+            + f" images (about {need / 1024:.1f} GB, {stage}), and {available_mb / 1024:.1f} GB "
+            "are available now. If it is killed or swaps, use --budget quick, fewer training "
+            "images (max_train_images) or close other programs.")

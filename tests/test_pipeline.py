@@ -162,19 +162,28 @@ def test_a_fit_the_reference_results_say_will_not_fit_in_memory_is_warned_before
                 "fit_peak_rss_mb": 99999.0, "n_train": 10}]
     # the newest default-settings record speaks for today's code, not older or other settings
     text = runfacts.memory_warning("padim", "quick", 5, available_mb=3000, records=records)
-    assert "padim-ref" in text and "4.0 GB on 10 training images" in text and "2.9 GB" in text
+    assert "padim-ref" in text and "fitting 10 training images at 4.0 GB" in text
+    assert "2.9 GB are available" in text
     assert runfacts.memory_warning("padim", "quick", 5, available_mb=5000, records=records) is None
     # more training images than the reference's: its part above the process's base scaled up
     text = runfacts.memory_warning("padim", "quick", 20, available_mb=5000, records=records)
-    assert "this fit has 20 (about 7.0 GB)" in text
+    assert "this run has 20 training images (about 7.0 GB, fitting)" in text
+    # scoring can need more than the fit: its peak, scaled by test images, counts too
+    scored = [{**records[0], "score_peak_rss_mb": 6144.0, "n_test": 8}]
+    assert runfacts.memory_warning("padim", "quick", 5, available_mb=5000, records=scored) is None
+    text = runfacts.memory_warning("padim", "quick", 5, available_mb=5000, records=scored, n_test=8)
+    assert "scoring 8 test images at 6.0 GB" in text and "(about 6.0 GB, scoring)" in text
+    assert runfacts.memory_warning("padim", "quick", 5, available_mb=7000, records=scored,
+                                   n_test=8) is None
     assert runfacts.memory_warning("padim", "full", 5, available_mb=1, records=records) is None
     assert runfacts.memory_warning("padim", "quick", 5, available_mb=1, records=[]) is None
 
     # the pipeline asks before the fit, with the committed records and this machine's memory
-    asked = []
+    asked, asked_test = [], []
     monkeypatch.setattr("kit.pipeline.memory_warning",
-                        lambda *a: asked.append(a) or "too big for this machine")
+                        lambda *a, n_test: asked.append(a) or asked_test.append(n_test)
+                        or "too big for this machine")
     with pytest.warns(runfacts.MemoryWarning, match="too big for this machine"):
         path = _fit(toy_root, tmp_path / "run")
     m = load_run(path).metrics
-    assert asked == [("padim", "quick", m["n_train"])]
+    assert asked == [("padim", "quick", m["n_train"])] and asked_test == [m["n_test"]] == [8]
