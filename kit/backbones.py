@@ -433,16 +433,15 @@ def encode_all(features, images: torch.Tensor, batch_size: int, device: torch.de
     """``features`` (float ``[B, 3, S, S]`` in [0, 1] -> list of maps) over every image of uint8
     ``images [N, 3, S, S]`` in batches: ``[N, C_l, H_l, W_l]`` per map, ``dtype``, on the CPU.
     Features that stay fixed for many epochs are computed once this way, not once per epoch.
-    Each batch's maps are copied into tensors allocated for all ``N`` images at the first
-    batch: no list of pieces to join, so the peak is the result, not twice it."""
+    The batches are gathered into tensors allocated once (:func:`kit.rows.gather_rows`), so the
+    peak is the result, not twice it."""
     from tqdm.auto import tqdm
 
-    out: list[torch.Tensor] = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
-        batch = images[start:start + batch_size].to(device).float().div_(255)
-        maps = features(batch)
-        if not out:
-            out = [torch.empty((len(images), *m.shape[1:]), dtype=dtype) for m in maps]
-        for level, m in zip(out, maps):
-            level[start:start + len(batch)].copy_(m)
-    return out
+    from kit.rows import gather_rows
+
+    def batches():
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress,
+                          leave=False):
+            yield start, features(images[start:start + batch_size].to(device).float().div_(255))
+
+    return list(gather_rows(len(images), batches(), dtype).values())

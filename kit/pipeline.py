@@ -32,6 +32,7 @@ from kit.method import (AnomalyMethod, EpochCallback, FitContext, method_class,
                         seed_everything)
 from kit.devices import resolve_device
 from kit.paths import source_commit
+from kit.rows import gather_rows
 from kit.runfacts import MemoryWarning, PeakRSS, memory_warning, model_facts
 from kit.runstore import Run, RunError, check_run_target, display_maps, load_run, write_run
 
@@ -76,36 +77,38 @@ def score_images(method: AnomalyMethod, images: torch.Tensor, progress: bool = F
     (DifferNet's gradient maps need autograd). The dashboard scores uploads through here, so
     an upload gets exactly the score its run would give the same pixels.
     """
-    def numpy(x: torch.Tensor) -> np.ndarray:
-        return x.detach().float().cpu().numpy()
-
     from kit.ort import setup_seconds
 
-    scores, maps, seconds = [], [], 0.0
-    named_scores: dict[str, list[np.ndarray]] = {}
-    named_maps: dict[str, list[np.ndarray]] = {}
-    recon: list[np.ndarray] = []
+    seconds = 0.0
     step = method.config.batch_size
-    for first in progress_bar(range(0, len(images), step), desc, progress):
-        batch = images[first:first + step].float() / 255.0
-        start, setup = time.perf_counter(), setup_seconds()
-        pred = method.predict(batch)
-        # a graph traced for ONNX Runtime on first use is set-up, not inference (kit/ort.py)
-        seconds += time.perf_counter() - start - (setup_seconds() - setup)
-        scores.append(numpy(pred.image_scores))
-        maps.append(numpy(pred.anomaly_maps))
-        for name in pred.named_maps:
-            named_scores.setdefault(name, []).append(numpy(pred.map_score(name)))
-            named_maps.setdefault(name, []).append(numpy(pred.named_maps[name]))
-        if pred.reconstructions is not None:
-            recon.append((numpy(pred.reconstructions).clip(0, 1) * 255).round().astype(np.uint8))
-    if not scores:
+
+    def batches():
+        nonlocal seconds
+        for first in progress_bar(range(0, len(images), step), desc, progress):
+            batch = images[first:first + step].float() / 255.0
+            start, setup = time.perf_counter(), setup_seconds()
+            pred = method.predict(batch)
+            # a graph traced for ONNX Runtime on first use is set-up, not inference (kit/ort.py)
+            seconds += time.perf_counter() - start - (setup_seconds() - setup)
+            parts = {"scores": pred.image_scores.detach().float(),
+                     "maps": pred.anomaly_maps.detach().float()}
+            for name in pred.named_maps:
+                parts["score", name] = pred.map_score(name).detach().float()
+                parts["map", name] = pred.named_maps[name].detach().float()
+            if pred.reconstructions is not None:
+                parts["recon"] = (pred.reconstructions.detach().float().clamp(0, 1) * 255
+                                  ).round().to(torch.uint8)
+            yield first, parts
+
+    # every map of every image at the method's size: gathered in place, not joined from pieces
+    rows = {key: t.numpy() for key, t in gather_rows(len(images), batches()).items()}
+    if not rows:
         s = method.config.image_size
         return Scored(np.zeros(0, np.float32), np.zeros((0, s, s), np.float32), 0.0)
-    return Scored(np.concatenate(scores), np.concatenate(maps), seconds,
-                  {k: np.concatenate(v) for k, v in named_scores.items()},
-                  {k: np.concatenate(v) for k, v in named_maps.items()},
-                  np.concatenate(recon) if recon else None)
+    names = [key[1] for key in rows if isinstance(key, tuple) and key[0] == "map"]
+    return Scored(rows["scores"], rows["maps"], seconds,
+                  {name: rows["score", name] for name in names},
+                  {name: rows["map", name] for name in names}, rows.get("recon"))
 
 
 def map_statistics(normal_maps: np.ndarray) -> dict[str, float]:
@@ -363,6 +366,8 @@ def _score_and_write(fitted: _Fitted, method_name: str, data_root: Path, categor
     fit_samples, val_samples = fitted.fit_samples, fitted.val_samples
     normal_samples = val_samples or fit_samples
     stage("scoring held-out normals", 0.6)
+    # the peak covers the metrics too: sorting every test pixel of every map can need more
+    # memory than scoring, and the run's recorded peaks should bound the process's
     with PeakRSS() as score_memory:
         normal = score_samples(method, normal_samples, progress, desc="scoring normals")
         threshold = M.threshold_from_normal(normal.scores, cfg.threshold_quantile)
@@ -370,20 +375,20 @@ def _score_and_write(fitted: _Fitted, method_name: str, data_root: Path, categor
         info_before = method.inference_info()
         test = score_samples(method, cat.test, progress, desc="scoring test")
         info_after = method.inference_info()
+        # metrics on the full-size maps, before the run stores display-sized copies
+        masks, include = masks_include or (None, np.zeros(len(cat.test), bool))
+        labels = np.array([s.label for s in cat.test])
+        # the primary map's pixels sorted once, for its metrics and its curves
+        ranked = rank_pixels(cat.test, test, masks_include) if cat.has_masks else None
+        results = evaluate_scored(cat.test, test, cfg.image_size, threshold, cat.has_masks,
+                                  masks_include=masks_include, ranked=ranked)
+        curve_data = M.curves(test.scores, labels, test.maps if cat.has_masks else None, masks,
+                              include if cat.has_masks else None, ranked=ranked)
+        del ranked  # its sorted copies of every pixel: not held through what follows
+        per_map = named_map_metrics(cat.test, test, normal, cfg.image_size,
+                                    cfg.threshold_quantile, cat.has_masks, masks_include)
     inference_info = {k: v - info_before.get(k, 0) if isinstance(v, (int, float)) else v
                       for k, v in info_after.items()}
-    # metrics on the full-size maps, before the run stores display-sized copies
-    masks, include = masks_include or (None, np.zeros(len(cat.test), bool))
-    labels = np.array([s.label for s in cat.test])
-    # the primary map's pixels sorted once, for its metrics and its curves
-    ranked = rank_pixels(cat.test, test, masks_include) if cat.has_masks else None
-    results = evaluate_scored(cat.test, test, cfg.image_size, threshold, cat.has_masks,
-                              masks_include=masks_include, ranked=ranked)
-    curve_data = M.curves(test.scores, labels, test.maps if cat.has_masks else None, masks,
-                          include if cat.has_masks else None, ranked=ranked)
-    del ranked  # its sorted copies of every pixel: not held through what follows
-    per_map = named_map_metrics(cat.test, test, normal, cfg.image_size, cfg.threshold_quantile,
-                                cat.has_masks, masks_include)
     stage("collecting features for embeddings", 0.9)
     features = collect_features(method, fit_samples, cat.test, seed, progress)
 

@@ -96,7 +96,8 @@ def model_facts(modules: list[torch.nn.Module], state: dict[str, Any]) -> dict[s
 
 
 class MemoryWarning(UserWarning):
-    """A fit is likely to need more memory than this machine has available."""
+    """A run (its fit, or its scoring and metrics) is likely to need more memory than this
+    machine has available: :func:`memory_warning` says which stage and how much."""
 
 
 def reference_fit_peak(records: list[dict[str, Any]], method: str, budget: str

@@ -33,15 +33,9 @@ from kit.maps import upsample_blur
 from kit.mapping import MAPPINGS, build_mapping, fit_mapping, residual_maps, unit_positions
 from kit.method import AnomalyMethod, FitContext, MethodConfig, Prediction, register
 from kit.papers.bpfm import PAPER
+from kit.rows import gather_rows
 
 NO_TRANSFORM = params_key([])  # the cache's transform key of an untransformed image
-
-
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    """Channels-last where ``x [B, C, H, W]`` is stored so (and not also plainly contiguous)."""
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 @dataclass
@@ -227,20 +221,18 @@ class BPfm(AnomalyMethod):
         return 0
 
     def _batched_spaces(self, raw: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """:meth:`spaces` of all training features, in batches, on the CPU, each batch copied
-        into tensors allocated for all images at the first (the peak is the result, not twice)."""
+        """:meth:`spaces` of all training features, in batches, on the CPU, gathered into
+        tensors allocated once (:func:`kit.rows.gather_rows`: the peak is the result, not twice)
+        with the dtype and memory layout ``torch.cat`` of the pieces would give."""
         step, n = self.config.extract_batch_size, raw[0].shape[0]
-        out: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for start in range(0, n, step):
-            pairs = self.spaces([r[start:start + step].to(self.device) for r in raw])
-            if not out:  # the dtype and memory layout torch.cat of the pieces would give
-                out = [(torch.empty((n, *y.shape[1:]), dtype=y.dtype, memory_format=_layout(y)),
-                        torch.empty((n, *z.shape[1:]), dtype=z.dtype, memory_format=_layout(z)))
-                       for y, z in pairs]
-            for (y_all, z_all), (y, z) in zip(out, pairs):
-                y_all[start:start + len(y)].copy_(y)
-                z_all[start:start + len(z)].copy_(z)
-        return out
+
+        def batches():
+            for start in range(0, n, step):
+                pairs = self.spaces([r[start:start + step].to(self.device) for r in raw])
+                yield start, [t for pair in pairs for t in pair]
+
+        flat = list(gather_rows(n, batches(), keep_layout=True).values())
+        return list(zip(flat[0::2], flat[1::2]))
 
     def fit_mappings(self, pairs: list[tuple[torch.Tensor, torch.Tensor]],
                      context: FitContext) -> dict[str, Any]:
