@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kit.rows import gather_rows
 from kit.weights import (
     LITE_MEAN,
     LITE_STD,
@@ -436,8 +437,6 @@ def encode_all(features, images: torch.Tensor, batch_size: int, device: torch.de
     The batches are gathered into tensors allocated once (:func:`kit.rows.gather_rows`), so the
     peak is the result, not twice it."""
     from tqdm.auto import tqdm
-
-    from kit.rows import gather_rows
 
     def batches():
         for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress,

@@ -32,7 +32,7 @@ from kit.method import (AnomalyMethod, EpochCallback, FitContext, method_class,
                         seed_everything)
 from kit.devices import resolve_device
 from kit.paths import source_commit
-from kit.rows import gather_rows
+from kit.rows import RowsError, gather_rows
 from kit.runfacts import MemoryWarning, PeakRSS, memory_warning, model_facts
 from kit.runstore import Run, RunError, check_run_target, display_maps, load_run, write_run
 
@@ -101,7 +101,10 @@ def score_images(method: AnomalyMethod, images: torch.Tensor, progress: bool = F
             yield first, parts
 
     # every map of every image at the method's size: gathered in place, not joined from pieces
-    rows = {key: t.numpy() for key, t in gather_rows(len(images), batches()).items()}
+    try:
+        rows = {key: t.numpy() for key, t in gather_rows(len(images), batches()).items()}
+    except RowsError as err:  # a predict whose batches disagree: say whose
+        raise ValueError(f"{type(method).__name__}.predict: {err}") from err
     if not rows:
         s = method.config.image_size
         return Scored(np.zeros(0, np.float32), np.zeros((0, s, s), np.float32), 0.0)

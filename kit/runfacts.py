@@ -126,10 +126,10 @@ def memory_warning(method: str, budget: str, n_train: int, available_mb: float |
                    ) -> str | None:
     """What to tell a user before a run that the reference results say will not fit in memory:
     the committed run's fit peak (its part above :data:`PROCESS_BASE_MB` scaled up by
-    ``n_train`` over its training images where there are more) and, given ``n_test``, its
-    scoring peak scaled the same way by test images (scoring a full-budget split can need more
-    than the fit), against ``available_mb`` (default: what the operating system says is
-    available now). None where it fits or nothing is known."""
+    ``n_train`` over its training images where there are more) and, given ``n_test``, its peak
+    while scoring and computing metrics scaled the same way by test images (a full-budget test
+    split can need more than the fit), against ``available_mb`` (default: what the operating
+    system says is available now). None where it fits or nothing is known."""
     if records is None:
         from kit.report import reference_records
 
@@ -143,12 +143,12 @@ def memory_warning(method: str, budget: str, n_train: int, available_mb: float |
     if n_test is not None and score_peak:
         score_need = _scaled(float(score_peak), n_test, ref_test)
         if score_need > need:
-            need, stage = score_need, "scoring"
+            need, stage = score_need, "scoring and metrics"
     if available_mb is None:
         available_mb = psutil.virtual_memory().available / 2**20
     if need <= available_mb:
         return None
-    scoring = (f", scoring {ref_test or 'an unrecorded number of'} test images at "
+    scoring = (f", scoring {ref_test or 'an unrecorded number of'} test images (with metrics) at "
                f"{float(score_peak) / 1024:.1f} GB" if n_test is not None and score_peak else "")
     return (f"{method} at the {budget} budget may not fit in memory: its reference run "
             f"(docs/results/runs.json, {ref.get('run', 'a run')}) peaked fitting "

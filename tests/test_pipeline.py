@@ -172,7 +172,8 @@ def test_a_fit_the_reference_results_say_will_not_fit_in_memory_is_warned_before
     scored = [{**records[0], "score_peak_rss_mb": 6144.0, "n_test": 8}]
     assert runfacts.memory_warning("padim", "quick", 5, available_mb=5000, records=scored) is None
     text = runfacts.memory_warning("padim", "quick", 5, available_mb=5000, records=scored, n_test=8)
-    assert "scoring 8 test images at 6.0 GB" in text and "(about 6.0 GB, scoring)" in text
+    assert "scoring 8 test images (with metrics) at 6.0 GB" in text
+    assert "(about 6.0 GB, scoring and metrics)" in text
     assert runfacts.memory_warning("padim", "quick", 5, available_mb=7000, records=scored,
                                    n_test=8) is None
     assert runfacts.memory_warning("padim", "full", 5, available_mb=1, records=records) is None
