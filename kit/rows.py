@@ -14,6 +14,7 @@ from typing import Hashable, Iterable, Mapping, Sequence
 
 import torch
 
+
 class RowsError(ValueError):
     """Batches that do not fill the rows: out of order, of other parts or shapes, too few."""
 
@@ -59,7 +60,7 @@ def gather_rows(n: int, batches: Iterable[tuple[int, Parts]], dtype: torch.dtype
                        for key, p in items.items()}
             elif items.keys() != out.keys():
                 raise RowsError(f"the batch at row {first} has parts {sorted(map(str, items))}, "
-                                 f"the first had {sorted(map(str, out))}")
+                                f"the first had {sorted(map(str, out))}")
             rows = {len(p) for p in items.values()}
             if len(rows) != 1:
                 raise RowsError(f"the parts of the batch at row {first} differ in rows: "
@@ -71,7 +72,7 @@ def gather_rows(n: int, batches: Iterable[tuple[int, Parts]], dtype: torch.dtype
                 for key, p in items.items():
                     if p.shape[1:] != out[key].shape[1:]:  # copy_ would broadcast it silently
                         raise RowsError(f"part {key!r} of the batch at row {first} has shape "
-                                         f"{list(p.shape)}, the first had "
+                                        f"{list(p.shape)}, the first had "
                                         f"{list(out[key].shape[1:])} per row")
                     out[key][first:first + count].copy_(p)
             filled += count
