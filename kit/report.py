@@ -616,6 +616,14 @@ def reference_records(path: Path | str | None = None) -> list[dict[str, Any]]:
         return []
 
 
+def _made_when(records: Iterable[dict[str, Any]]) -> str:
+    """``"2026-12-05 to 2026-12-07"``: the dates the records' runs were made."""
+    dates = sorted(r["created"][:10] for r in records if r.get("created"))
+    if not dates:
+        return "at an unrecorded date"
+    return f"{dates[0]} to {dates[-1]}" if dates[0] != dates[-1] else dates[0]
+
+
 def reference_ablation(records: list[dict[str, Any]], method: str, ablation,
                        category: str | None = None, budget: str | None = None,
                        data: str | None = None) -> dict[str, Any] | None:
@@ -637,13 +645,10 @@ def reference_ablation(records: list[dict[str, Any]], method: str, ablation,
 
     group, rs, rows = next((c for c in candidates if fits(c[0])), candidates[0])
     used = {r["run"]: r for row in rows for r in row["records"]}.values()
-    dates = sorted(r["created"][:10] for r in used if r.get("created"))
     commands = sorted({reference_command(r) for r in used})
     caption = ("Reference results (docs/results/runs.json, committed with the kit): "
                f"{group.category} from `{group.data}`, {group.budget} budget, made "
-               + (f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else
-                  (dates[0] if dates else "at an unrecorded date"))
-               + " by `" + "`, `".join(commands) + "`.")
+               + _made_when(used) + " by `" + "`, `".join(commands) + "`.")
     return {"group": group, "caption": caption, "rows": rows,
             "values": {row["variant"]: [v for v in row["values"] if v is not None] for row in rows},
             "points": {row["variant"]: [(n, v) for n, v in zip(row["n_train"], row["values"])
@@ -664,6 +669,69 @@ def reference_markdown(method: str, ablation_name: str, metrics: Iterable[str] |
         return (f"No reference results for {method} {ablation_name} in the committed result data "
                 f"yet: `python -m kit bench --methods {method}` then `python -m kit report` make them.")
     return reference["caption"] + "\n\n" + ablation_markdown(reference["rows"], ablation, metrics)
+
+
+def reference_cost(records: list[dict[str, Any]], method: str, budget: str = "full"
+                   ) -> dict[str, Any] | None:
+    """What one run of ``method`` at ``budget`` costs and how far its seeds disagree: its newest
+    default-settings record per seed in the first group on real data with plain settings that
+    has one (:func:`_groups`' order: MTD first). ``{"group": Group, "records": [record per
+    seed]}``; None when there is none."""
+    for group, rs in _groups(records):
+        if group.data == "sample" or group.budget != budget or group.extra != "{}":
+            continue
+        newest = newest_defaults([r for r in rs if r["method"] == method], key=lambda r: r["seed"])
+        if newest:
+            return {"group": group, "records": [newest[seed] for seed in sorted(newest)]}
+    return None
+
+
+def _span(values: list[float], digits: int = 0) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.{digits}f}" if round(low, digits) == round(high, digits) else \
+        f"{low:.{digits}f}-{high:.{digits}f}"
+
+
+def reference_cost_markdown(method: str, budget: str = "full", path: Path | str | None = None
+                            ) -> str:
+    """A paragraph for the notebooks, before the cell that trains at ``budget``: what one run
+    of ``method`` took (fit minutes, peak memory) in the committed reference runs, and how far
+    its image AUROC moved between seeds, so a learner does not read one run as the method's
+    result (:func:`reference_cost`)."""
+    seeds_command = f"python -m kit bench --methods {method} --budget {budget} --seeds 0 1 2"
+    reference = reference_cost(reference_records(path), method, budget)
+    if reference is None:
+        return (f"No reference runs of {method} at the {budget} budget in the committed result "
+                f"data yet: `{seeds_command}` then `python -m kit report` make them.")
+    group, rs = reference["group"], reference["records"]
+    seconds = [r["fit_seconds"] for r in rs if r.get("fit_seconds")]
+    peaks = [max(r.get("fit_peak_rss_mb") or 0, r.get("score_peak_rss_mb") or 0) / 1024 for r in rs]
+    peaks = [p for p in peaks if p]
+    aurocs = {r["seed"]: r["image_auroc"] for r in rs if r.get("image_auroc") is not None}
+    warm = any(is_warm(r.get("cached_fit_share")) for r in rs)
+    facts = []
+    if seconds:
+        took = (f"{_span(seconds)} s" if max(seconds) < 120 else
+                f"{_span([t / 60 for t in seconds])} min")
+        facts.append(f"a fit took {took}" + (" (some with a warm feature cache)" if warm else ""))
+    if peaks:
+        facts.append(f"a run peaked at {max(peaks):.1f} GB of memory")
+    if aurocs:
+        facts.append(f"the image AUROC was {_stat(list(aurocs.values()))} ("
+                     + ", ".join(f"seed {seed}: {v:.3f}" for seed, v in aurocs.items()) + ")")
+    text = (f"**One {budget}-budget run of `{method}`**, from its reference runs "
+            f"(docs/results/runs.json: {group.category} from `{group.data}`, {len(rs)} "
+            f"seed{'s' if len(rs) > 1 else ''}, made {_made_when(rs)} on "
+            f"{_most_common([r.get('device') for r in rs])}): " + (", ".join(facts) or
+                                                                   "no costs recorded") + ".")
+    if len(aurocs) == 1:
+        return text + " With one seed, how far another seed moves the result is not known yet."
+    if len(aurocs) > 1:
+        spread = max(aurocs.values()) - min(aurocs.values())
+        text += (f" The seed alone moved the image AUROC by {spread:.3f}: a single run can land "
+                 "anywhere in such a range, so compare the mean over seeds with the paper "
+                 f"(`{seeds_command}`).")
+    return text
 
 
 def paper_curve_points(paper: dict[str, float | None],

@@ -4,6 +4,7 @@ reference results."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -426,3 +427,56 @@ def test_the_main_group_is_the_one_with_the_most_methods():
     assert group.extra == "{}" and rs == full
     assert report._main_group(sweep)[1] == sweep  # when it is all there is
     assert report._main_group(sample) == (None, [])
+
+
+def test_reference_cost_takes_the_newest_run_per_seed_of_plain_real_data(tmp_path):
+    """The notebooks' paragraph before a full-budget cell: fit time, peak memory and the image
+    AUROC of each seed's newest default run on real data with plain settings, the spread over
+    seeds, and a command for more seeds; the sample, other budgets, extra settings, ablation
+    variants and older records of a seed are not used."""
+    def record(seed, auroc, created="2026-12-05T10:00:00", **changes):
+        return {"method": "ndp_net", "budget": "full", "data": "mtd", "category": "magnetic_tile",
+                "fingerprint": "f", "extra": {}, "default": True, "seed": seed, "device": "cpu",
+                "run": f"r{seed}{created}", "created": created, "image_auroc": auroc,
+                "fit_seconds": 1200.0 + 60 * seed, "fit_peak_rss_mb": 4096.0,
+                "score_peak_rss_mb": 6144.0, **changes}
+
+    noise = [record(0, 0.1, data="sample"), record(0, 0.2, budget="quick"),
+             record(0, 0.3, extra={"image_size": 64}), record(1, 0.4, default=False),
+             record(1, 0.5, created="2026-12-01T10:00:00")]
+    records = noise + [record(0, 0.675), record(1, 0.773, created="2026-12-07T10:00:00")]
+    reference = report.reference_cost(records, "ndp_net")
+    assert [r["image_auroc"] for r in reference["records"]] == [0.675, 0.773]
+    assert reference["group"].data == "mtd" and reference["group"].budget == "full"
+    assert report.reference_cost(records, "cflow") is None
+
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(records))
+    text = report.reference_cost_markdown("ndp_net", path=path)
+    assert "2 seeds, made 2026-12-05 to 2026-12-07 on cpu" in text
+    assert "a fit took 20-21 min" in text and "peaked at 6.0 GB" in text
+    assert "0.724 ± 0.098 (seed 0: 0.675, seed 1: 0.773)" in text
+    assert "moved the image AUROC by 0.098" in text
+    assert "python -m kit bench --methods ndp_net --budget full --seeds 0 1 2" in text
+    path.write_text(json.dumps(noise[:4] + [record(0, 0.675)]))  # one seed: its spread is not known
+    one = report.reference_cost_markdown("ndp_net", path=path)
+    assert "1 seed," in one and "not known yet" in one and "moved" not in one
+    path.write_text(json.dumps([{**record(0, 0.9), "fit_seconds": 9.4, "cached_fit_share": 1.0}]))
+    assert "a fit took 9 s (some with a warm feature cache)" in report.reference_cost_markdown("ndp_net", path=path)
+    path.write_text(json.dumps(noise[:3]))
+    assert report.reference_cost_markdown("ndp_net", path=path).startswith("No reference runs of ndp_net")
+
+
+@pytest.mark.parametrize("method", sorted(load_methods()))
+def test_reference_cost_of_every_method_from_the_committed_data(method):
+    """Every registered method's paragraph renders from the committed result data, with as
+    many seeds as that data holds for it (notebooks 01-04 show it before their full cells)."""
+    text = report.reference_cost_markdown(method)
+    reference = report.reference_cost(report.reference_records(), method)
+    if reference is None:
+        assert text.startswith(f"No reference runs of {method}")
+    else:
+        n = len(reference["records"])
+        assert text.startswith(f"**One full-budget run of `{method}`**")
+        assert f"{n} seed{'s' if n > 1 else ''}, made" in text
+        assert all(f"seed {r['seed']}: {r['image_auroc']:.3f}" in text for r in reference["records"])
