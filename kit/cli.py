@@ -234,17 +234,25 @@ def cmd_ablation(args) -> int:
 
     ablation = find_ablation(args.method, args.name)
     root = default_runs_root(args.runs_root)
+    failed = []  # one variant's failure (memory, a bad setting) does not stop the others
+
+    def on_failure(label: str, path: Path, error: Exception) -> None:
+        failed.append(f"failed: {label}: {path}: {type(error).__name__}: {error}")
+        print(failed[-1], file=sys.stderr)
+
     run_ablation(args.method, args.name, default_data_root(args.data_root), args.category, root,
                  budget=args.budget, seeds=tuple(args.seeds), variants=args.variants,
                  progress=not args.quiet,
-                 on_run=lambda label, path: print(f"{label}: {path}"))
+                 on_run=lambda label, path: print(f"{label}: {path}"), on_failure=on_failure)
     print(f"\n{ablation.title} ({ablation.metric}; paper values: {ablation.paper_dataset})")
     print(f"{'variant':<16}{'paper':>8}{'ours':>8}{'spread':>8}{'runs':>6}")
     for row in ablation_table(root, args.method, args.name, data_root=default_data_root(args.data_root),
                               category=args.category, budget=args.budget):
         print(f"{row['variant']:<16}{_fmt(row['paper']):>8}{_fmt(row['ours']):>8}"
               f"{_fmt(row['spread']):>8}{row['runs']:>6}")
-    return 0
+    for line in failed:  # again below the table, where a long run's output ends
+        print(line, file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_bench(args) -> int:

@@ -120,10 +120,14 @@ def run_labels(run: Run) -> list[str]:
 def run_ablation(method: str, name: str, data_root: Path | str, category: str, runs_root: Path | str,
                  budget: str = "quick", seeds: tuple[int, ...] = (0,), variants: list[str] | None = None,
                  extra_overrides: dict[str, Any] | None = None, progress: bool = True,
-                 on_run: Callable[[str, Path], None] | None = None) -> list[Path]:
+                 on_run: Callable[[str, Path], None] | None = None,
+                 on_failure: Callable[[str, Path, Exception], None] | None = None) -> list[Path]:
     """Make (or reuse) one run per distinct set of overrides and seed; returns the run folders.
 
-    Variants that differ only in the map they read (``AblationVariant.map``) share a run."""
+    Variants that differ only in the map they read (``AblationVariant.map``) share a run.
+    A run that fails raises, unless ``on_failure`` is given: it is then told (the variant's
+    label, the run folder, the error) and the other variants still run; the folders returned
+    are the runs made."""
     ablation = find_ablation(method, name)
     chosen = [v for v in ablation.variants if variants is None or v.label in variants]
     fingerprint = dataset_fingerprint(data_root, category)
@@ -134,7 +138,7 @@ def run_ablation(method: str, name: str, data_root: Path | str, category: str, r
             sourced.setdefault(v.source[0], []).append(v.source[1])
     for other, labels in sourced.items():
         paths += run_ablation(method, other, data_root, category, runs_root, budget, seeds,
-                              sorted(set(labels)), extra_overrides, progress, on_run)
+                              sorted(set(labels)), extra_overrides, progress, on_run, on_failure)
     # groups over every variant of the ablation, so a run made for one of them is tagged with
     # all it serves (``--variants n=2`` also makes Table 5's NF, a map of the same run)
     wanted = {v.label for v in chosen}
@@ -149,13 +153,21 @@ def run_ablation(method: str, name: str, data_root: Path | str, category: str, r
                    for group in groups]
         # groups whose settings differ only in scoring (Table 3 D-G) share one fit
         for shared in shared_fit_groups(method, budget, seed, [t.overrides for t in targets]):
-            fit_or_reuse_shared(method, data_root, category, [targets[i] for i in shared],
-                                budget, seed, progress, fingerprint)
+            try:
+                fit_or_reuse_shared(method, data_root, category, [targets[i] for i in shared],
+                                    budget, seed, progress, fingerprint)
+            except Exception as error:
+                if on_failure is None:
+                    raise
+                for i in shared:
+                    on_failure(groups[i][0].label, Path(targets[i].out_dir), error)
+                continue
             for i in shared:
                 if on_run:
                     on_run(groups[i][0].label, Path(targets[i].out_dir))
                 made[i, seed] = Path(targets[i].out_dir)
-    return paths + [made[i, seed] for i in range(len(groups)) for seed in seeds]
+    return paths + [made[i, seed] for i in range(len(groups)) for seed in seeds
+                    if (i, seed) in made]
 
 
 def ablation_runs(runs: list[Run], method: str, name: str) -> dict[str, list[Run]]:

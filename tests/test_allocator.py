@@ -12,19 +12,25 @@ import pytest
 import kit.allocator
 
 # A forward whose activations (6.5 MB each) lie above glibc's starting mmap threshold; prints
-# whether the allocator is tuned and the page faults of ten more forwards after a warm-up.
+# whether the allocator is tuned and the fewest page faults of three blocks of ten forwards
+# after a warm-up: the kernel may reclaim idle pages at any time (memory pressure, DAMON), so
+# one block can fault for reasons of its own, while the defaults fault in every block.
 WORKLOAD = """
 import resource, torch
 import kit, kit.allocator
 torch.set_num_threads(1)
 net = torch.nn.Sequential(*[torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(6)]).eval()
 x = torch.rand(4, 16, 160, 160)
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+blocks = []
 with torch.inference_mode():
     net(x)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        net(x)
-    print(kit.allocator.tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    for _ in range(3):
+        before = faults()
+        for _ in range(10):
+            net(x)
+        blocks.append(faults() - before)
+print(kit.allocator.tuned, min(blocks))
 """
 
 glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -48,7 +54,7 @@ def test_tuned_forwards_reuse_memory_instead_of_faulting_pages_in():
     tuned, tuned_faults = faults("1")
     plain, plain_faults = faults("0")
     assert (tuned, plain) == ("True", "False")
-    # glibc's defaults map and fault in every activation again (about 10^5 faults here);
+    # glibc's defaults map and fault in every activation again (about 10^5 faults per block);
     # tuned, ten forwards reuse the pages of the warm-up
     assert plain_faults > 20_000
     assert tuned_faults < plain_faults / 20

@@ -78,3 +78,33 @@ def test_a_variant_run_serves_every_variant_that_shares_it(two_datasets, tmp_pat
     rows = {r["variant"]: r for r in ablation_table(root, "nf_bmr", "table5", data_root=small,
                                                     category="toy", budget="quick")}
     assert rows["NF"]["runs"] == 1
+
+
+def test_one_failing_variant_does_not_stop_the_others(two_datasets, tmp_path, monkeypatch, capsys):
+    """`kit ablation` runs every variant even when one fails (memory, a bad setting), names the
+    failure at once and again below the table, and exits 1; run_ablation without on_failure
+    still raises."""
+    import kit.experiments
+    from kit.cli import main
+
+    small, _ = two_datasets
+    fitted = []
+
+    def fake_fit(method, data_root, category, targets, *args):
+        labels = [t.tags["variant"] for t in targets]
+        fitted.append(labels)
+        if "n=1" in labels:
+            raise MemoryError("made up for the test")
+
+    monkeypatch.setattr(kit.experiments, "fit_or_reuse_shared", fake_fit)
+    code = main(["ablation", "nf_bmr", "table5", "--data-root", str(small), "--category", "toy",
+                 "--runs-root", str(tmp_path / "runs"), "--quiet"])
+    assert code == 1
+    groups = kit.experiments.variant_groups([v for v in kit.experiments.find_ablation(
+        "nf_bmr", "table5").variants if v.source is None])
+    assert len(fitted) == len(groups) > 2 and fitted[0] == ["n=1"]  # the rest ran after it
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0] == err[1]
+    assert err[0].startswith("failed: n=1: ") and err[0].endswith("MemoryError: made up for the test")
+    with pytest.raises(MemoryError):
+        run_ablation("nf_bmr", "table5", small, "toy", tmp_path / "runs", progress=False)

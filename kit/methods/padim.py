@@ -17,7 +17,7 @@ This is the kit's honest baseline: no training loop, one pass over the data.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
