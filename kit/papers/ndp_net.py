@@ -47,7 +47,11 @@ PAPER = Paper(
                  "named maps of run A (the paper does not say whether it retrained without the "
                  "segmentation loss), smoothed by the same 5x5 mean and median filters. MSFR: the "
                  "channel-mean squared difference of the encoder's first three stages between the "
-                 "input and its reconstruction, upsampled and averaged. We run it on MTD.",
+                 "input and its reconstruction, upsampled and averaged. We run it on MTD. "
+                 "Pixel AUROC here is pooled: it ranks the pixels of all test images together, "
+                 "so a map that finds the defect inside each image but whose values differ from "
+                 "one image to the next scores near 0.5; notebook 04 ('Pooled or per image?') "
+                 "gives each map's mean per-image pixel AUROC beside its pooled one.",
         ),
     ),
     tables={"table6": TABLE6},
