@@ -695,7 +695,7 @@ def _span(values: list[float], digits: int = 0) -> str:
 def reference_cost_markdown(method: str, budget: str = "full", path: Path | str | None = None
                             ) -> str:
     """A paragraph for the notebooks, before the cell that trains at ``budget``: what one run
-    of ``method`` took (fit minutes, peak memory) in the committed reference runs, and how far
+    of ``method`` took (fit time, peak memory) in the committed reference runs, and how far
     its image AUROC moved between seeds, so a learner does not read one run as the method's
     result (:func:`reference_cost`)."""
     seeds_command = f"python -m kit bench --methods {method} --budget {budget} --seeds 0 1 2"

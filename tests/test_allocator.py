@@ -56,8 +56,8 @@ def test_tuned_forwards_reuse_memory_instead_of_faulting_pages_in():
     tuned, tuned_blocks = faults("1")
     plain, plain_blocks = faults("0")
     assert (tuned, plain) == ("True", "False")
-    # glibc's defaults map and fault in every activation again (about 10^5 faults per block);
-    # tuned, ten forwards reuse the pages of the warm-up
+    # glibc's defaults map and fault in activations again (about 10^5 faults in a block at
+    # first); tuned, ten forwards reuse the pages of the warm-up
     plain_faults = max(plain_blocks)  # glibc's defaults can settle later (a block of 1600 seen)
     assert plain_faults > 20_000, plain_blocks
     assert min(tuned_blocks) < plain_faults / 20, (tuned_blocks, plain_blocks)
