@@ -177,10 +177,11 @@ def cmd_eval(args) -> int:
     run = load_run(args.run_dir)
     fresh = rescore_run(args.run_dir, args.data_root, progress=not args.quiet)
     worst = 0.0
-    print(f"{'metric':<14}{'stored':>10}{'re-scored':>11}")
-    for key in ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "f1_max", "precision", "recall", "f1"):
+    print(f"{'metric':<22}{'stored':>10}{'re-scored':>11}")
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "pixel_auroc_per_image",
+                "f1_max", "precision", "recall", "f1"):
         a, b = run.metrics.get(key), fresh.get(key)
-        print(f"{key:<14}{_fmt(a):>10}{_fmt(b):>11}")
+        print(f"{key:<22}{_fmt(a):>10}{_fmt(b):>11}")
         if isinstance(a, float) and isinstance(b, float):
             worst = max(worst, abs(a - b))
     print(f"largest difference: {worst:.2e}")

@@ -167,7 +167,8 @@ def evaluate_scored(test: list[Sample], scored: Scored, image_size: int, thresho
                     masks_include: tuple[np.ndarray, np.ndarray] | None = None,
                     ranked: M.PixelRankings | None = None) -> dict[str, Any]:
     """Metrics of scored test samples (pixel metrics only where masks exist), of the primary
-    map or of the named map ``name``, with the same metrics per defect type (``by_defect``).
+    map or of the named map ``name``, with the same metrics per defect type (``by_defect``);
+    with masks, also ``pixel_auroc_per_image`` (:func:`kit.metrics.per_image_pixel_auroc`).
     ``masks_include``: ``ImageSet(test, image_size).masks()`` when the caller has read them;
     ``ranked``: :func:`rank_pixels` of the same map, when the caller has it."""
     labels = np.array([s.label for s in test])
@@ -178,6 +179,9 @@ def evaluate_scored(test: list[Sample], scored: Scored, image_size: int, thresho
         ranked = ranked or rank_pixels(test, scored, (masks, include), name)
         return {**M.evaluate(scores, labels, maps, masks, include, threshold=threshold,
                              ranked=ranked),
+                # beside the pooled value: a map can localise inside each image while its
+                # level drifts between images (NDP-Net's MSDSM on MTD), which pooling hides
+                "pixel_auroc_per_image": M.per_image_pixel_auroc(maps, masks, include),
                 "by_defect": M.by_defect_type(scores, labels, types, maps, masks, include,
                                               ranked=ranked)}
     return {**M.evaluate(scores, labels, threshold=threshold),

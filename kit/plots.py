@@ -536,13 +536,13 @@ def _report_bars(ax, x, values: list[float | None], width: float, start: float, 
 
 def report_methods_bars(ax, rows: Sequence[Mapping]) -> None:
     """Image and pixel AUROC per method (:func:`kit.report.methods_table` rows)."""
-    from kit.report import METRIC_NAMES, _mean
+    from kit.report import METRIC_NAMES, mean_known
 
     keys = (("image_auroc", "#4c72b0"), ("pixel_auroc", "#dd8452"))
-    start = metric_axis_start([_mean(row[k]) for row in rows for k, _ in keys])
+    start = metric_axis_start([mean_known(row[k]) for row in rows for k, _ in keys])
     x = np.arange(len(rows))
     for i, (key, color) in enumerate(keys):
-        _report_bars(ax, x + (i - 0.5) * 0.38, [_mean(row[key]) for row in rows], 0.38, start,
+        _report_bars(ax, x + (i - 0.5) * 0.38, [mean_known(row[key]) for row in rows], 0.38, start,
                      color=color, label=METRIC_NAMES[key])
     ax.set_xticks(x, [row["method"] for row in rows], fontsize=8)
     _report_auroc_axis(ax, start)

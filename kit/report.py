@@ -48,13 +48,17 @@ README_END = "<!-- end of kit report -->"
 METRICS = ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro")
 METRIC_NAMES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC",
                 "pixel_aupr": "pixel AUPR", "aupro": "AUPRO", "f1": "F1", "precision": "precision",
-                "recall": "recall", "f1_max": "F1 max"}
-# what a record keeps of metrics.json, besides METRICS and the named maps
+                "recall": "recall", "f1_max": "F1 max",
+                "pixel_auroc_per_image": "pixel AUROC per image"}
+# metrics a record keeps for its primary map and each named map; tables show METRICS and an
+# ablation's extra_metrics (runs before the per-image value was recorded lack it)
+MAP_METRICS = (*METRICS, "pixel_auroc_per_image")
+# what a record keeps of metrics.json, besides MAP_METRICS and the named maps
 FACTS = ("f1_max", "precision", "recall", "f1", "fit_seconds", "infer_ms_per_image",
          "fit_peak_rss_mb", "score_peak_rss_mb", "model_mb", "trainable_params", "total_params",
          "threshold_source", "backbone", "image_size", "n_train", "n_val", "n_test", "device")
 CSV_COLUMNS = ("run", "method", "data", "category", "fingerprint", "budget", "seed", "ablation",
-               "variants", "overrides", *METRICS, *FACTS, "cached_view_share", "cached_fit_share",
+               "variants", "overrides", *MAP_METRICS, *FACTS, "cached_view_share", "cached_fit_share",
                "created", "kit_version", "commit", "torch")
 CURVE_POINTS = 40  # points per curve kept in the result data (the reference curves' resolution)
 # the papers' dataset keys (kit/papers: Paper.results) for the categories we have
@@ -92,11 +96,11 @@ def run_record(run) -> dict[str, Any]:
         "variants": variants, "overrides": overrides, "extra": extra,
         # the method as configured, within its group's extra settings (groups never mix them)
         "default": is_default_run(c["method"], tags.get("ablation"), variants),
-        **{k: _round(m.get(k)) for k in METRICS},
+        **{k: _round(m.get(k)) for k in MAP_METRICS},
         **{k: _round(m.get(k)) for k in FACTS},
         "cached_view_share": cached_view_share(m.get("inference_info")),
         "cached_fit_share": cached_fit_share(c.get("train_log")),
-        "maps": {name: {**{k: _round(v.get(k)) for k in METRICS if v.get(k) is not None},
+        "maps": {name: {**{k: _round(v.get(k)) for k in MAP_METRICS if v.get(k) is not None},
                         **({"by_defect": by_defect_record(v["by_defect"])}
                            if v.get("by_defect") else {})}
                  for name, v in sorted((m.get("maps") or {}).items())},
@@ -307,7 +311,18 @@ def _stat(values: list[float], digits: int = 3) -> str:
     return text
 
 
-def _mean(values: list[float | None]) -> float | None:
+def _stat_of_some(values: list[float | None]) -> str:
+    """:func:`_stat`, saying how many runs it covers when some lack the value (runs made
+    before the kit recorded a metric)."""
+    known = [v for v in values if v is not None]
+    text = _stat(known)
+    if known and len(known) < len(values):
+        return f"{text} ({len(known)} of {len(values)} runs)"
+    return text
+
+
+def mean_known(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not None; None when none is."""
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
@@ -429,8 +444,8 @@ def defect_rows(records: list[dict[str, Any]], methods: list[str]
         rs = by_method.get(name)
         if rs:
             rows.append({"method": name,
-                         "all": {k: _mean([r.get(k) for r in rs]) for k in METRICS},
-                         "types": {t["name"]: {k: _mean([(r["by_defect"].get(t["name"]) or {}).get(k)
+                         "all": {k: mean_known([r.get(k) for r in rs]) for k in METRICS},
+                         "types": {t["name"]: {k: mean_known([(r["by_defect"].get(t["name"]) or {}).get(k)
                                                          for r in rs]) for k in METRICS}
                                    for t in types}})
     return types, rows
@@ -550,7 +565,7 @@ def ablation_rows(records: list[dict[str, Any]], method: str, ablation) -> list[
         rs = shared.get(v.label, tables.get(v.label, []))
         values = [variant_value(r, v, ablation.metric) for r in rs]
         rows.append({"variant": v.label, "paper": v.paper_value, "values": values,
-                     "ours": _mean(values), "runs": len([x for x in values if x is not None]),
+                     "ours": mean_known(values), "runs": len([x for x in values if x is not None]),
                      "overrides": v.overrides, "map": v.map, "records": rs,
                      "n_train": [r.get("n_train") for r in rs]})
     return rows
@@ -574,7 +589,7 @@ def ablation_markdown(rows: list[dict[str, Any]], ablation,
              + " | ".join(f"ours, {METRIC_NAMES.get(m, m)}" for m in metrics) + " | runs | settings |",
              "|---|---|" + "---|" * len(metrics) + "---|---|"]
     for v, row in zip(ablation.variants, rows):
-        ours = [_stat([variant_value(r, v, m) for r in row["records"]]) for m in metrics]
+        ours = [_stat_of_some([variant_value(r, v, m) for r in row["records"]]) for m in metrics]
         lines.append(f"| {v.label} | {'-' if v.paper_value is None else f'{v.paper_value:.3f}'} | "
                      + " | ".join(ours) + f" | {row['runs']} | {_settings(row['overrides'], row['map'])} |")
     return "\n".join(lines)
@@ -814,7 +829,7 @@ def main_methods_plot(records: list[dict[str, Any]], kind: str = "methods") -> P
 def takeaways(rows: list[dict[str, Any]]) -> str:
     """Markdown bullets read off :func:`methods_table` rows: the ranking in each metric and the
     cost of each method against the cheapest. Generated, so they follow the data."""
-    mean = lambda vs: _mean(vs)
+    mean = mean_known
     lines = []
     for metric in ("image_auroc", "pixel_auroc", "aupro"):
         ranked = sorted(((mean(row[metric]), row["method"]) for row in rows

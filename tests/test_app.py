@@ -319,7 +319,8 @@ class FakeAblated(Padim):
                  paper_dataset="nowhere", variants=[
                      AblationVariant("A", {"n_features": 40}, 0.9),
                      AblationVariant("B", {"n_features": 20}, 0.95),
-                     AblationVariant("C", {"blur_sigma": 2.0}, None)]),))
+                     AblationVariant("C", {"blur_sigma": 2.0}, None)],
+                 extra_metrics=("pixel_auroc_per_image",)),))
 
 
 def test_ablations_page_with_a_registered_fake_method(toy, tmp_path, monkeypatch):
@@ -336,6 +337,7 @@ def test_ablations_page_with_a_registered_fake_method(toy, tmp_path, monkeypatch
     table = next(d.value for d in at.dataframe if "variant" in d.value and list(d.value["variant"]) == ["A", "B", "C"])
     assert list(table["runs"]) == ["fake_A", "fake_B", "missing"]
     assert table["ours (mean)"].notna().tolist() == [True, True, False]
+    assert table["ours, pixel AUROC per image"].notna().tolist() == [True, True, False]  # extra metric
     code = "\n".join(c.value for c in at.code)
     fake = [line for line in code.splitlines() if "--method fakeabl" in line]  # other methods list theirs too
     assert any("--tag variant=C" in line and "--set blur_sigma=2.0" in line for line in fake)

@@ -31,8 +31,8 @@ def test_run_folder_is_complete(toy_root, tmp_path):
     assert all((path / f).is_file() for f in RUN_FILES)
     run = load_run(path)
     m = run.metrics
-    for key in ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "fit_seconds", "infer_ms_per_image",
-                "method", "backbone", "image_size", "budget", "seed", "n_train", "n_test"):
+    for key in ("image_auroc", "pixel_auroc", "pixel_aupr", "aupro", "pixel_auroc_per_image",
+                "fit_seconds", "infer_ms_per_image", "method", "backbone", "image_size", "budget", "seed", "n_train", "n_test"):
         assert key in m
     assert m["n_train"] + m["n_val"] == 12 and m["n_test"] == 8
     assert m["threshold_source"] == "held-out normal training images"

@@ -126,6 +126,25 @@ def test_report_from_runs_is_complete_and_repeatable(toy):
     assert csv_lines[0].startswith("run,method,data") and len(csv_lines) == 6
 
 
+def test_records_keep_each_maps_per_image_pixel_auroc_and_say_when_runs_lack_it(toy):
+    """The per-image pixel AUROC (recorded by every run with masks, primary and named maps) is
+    in the result data; a table over runs of which some predate it says how many it covers."""
+    records = report.collect(toy["runs"])
+    n2 = next(r for r in records if r["method"] == "nf_bmr" and "n=2" in r["variants"])
+    for values in (n2, *n2["maps"].values()):
+        assert 0.0 <= values["pixel_auroc_per_image"] <= 1.0
+    assert "pixel_auroc_per_image" in report.CSV_COLUMNS
+    table5 = load_methods()["nf_bmr"].paper.ablation("table5")
+    old = {k: v for k, v in n2.items() if k != "pixel_auroc_per_image"}  # a run from before
+    rows = report.ablation_rows([n2, {**old, "run": "older", "seed": 1}], "nf_bmr", table5)
+    text = report.ablation_markdown(rows, table5, ["pixel_auroc_per_image", "image_auroc"])
+    line = next(x for x in text.splitlines() if x.startswith("| n=2 |"))
+    assert f"| {n2['pixel_auroc_per_image']:.3f} (1 of 2 runs) | " in line
+    assert f"| {n2['image_auroc']:.3f} ± 0.000 | 2 |" in line  # both runs have it: no count
+    table6 = load_methods()["ndp_net"].paper.ablation("table6")
+    assert table6.columns[-1] == "pixel_auroc_per_image"
+
+
 def test_merge_keeps_records_of_runs_gone_and_replaces_remade_ones(toy, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(toy["runs"], runs)

@@ -23,7 +23,8 @@ from kit.experiments import ablation_runs, variant_groups, variant_tags
 from kit.method import load_methods
 from kit.papers import Ablation, AblationVariant
 from kit.paths import DEFAULT_CATEGORY, REPO_ROOT, python_command
-from kit.report import data_label, paper_curve_points, reference_ablation, reference_records
+from kit.report import (METRIC_NAMES, data_label, mean_known, paper_curve_points,
+                        reference_ablation, reference_records)
 from kit.runstore import Run
 
 
@@ -175,13 +176,19 @@ def show_ablation(method: str, title: str, ablation: Ablation, runs: list[Run]) 
         "paper": v.paper_value,
         "ours (mean)": float(np.mean(ours[v.label])) if ours[v.label] else None,
         "spread": float(np.ptp(ours[v.label])) if len(ours[v.label]) > 1 else None,
+        # the further metrics the paper's table shows (NF-BMR's F1) or that read it better
+        # (NDP-Net's per-image pixel AUROC): our mean, runs without the value left out
+        **{f"ours, {METRIC_NAMES.get(m, m)}": mean_known(v.value(r.metrics, m) for r in tagged[v.label])
+           for m in ablation.extra_metrics},
         "runs": ", ".join(r.name for r in tagged[v.label]) or "missing",
         **({"reference (mean)": float(np.mean(reference["values"][v.label]))
             if reference["values"].get(v.label) else None} if reference else {}),
     } for v in ablation.variants])
     st.dataframe(table, hide_index=True, key=f"abl_table_{method}_{ablation.name}",
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                for c in ("paper", "ours (mean)", "spread", "reference (mean)")})
+                                for c in ("paper", "ours (mean)", "spread", "reference (mean)",
+                                          *(f"ours, {METRIC_NAMES.get(m, m)}"
+                                            for m in ablation.extra_metrics))})
     missing = [v for v in ablation.variants if not tagged[v.label]]
     if missing:
         cat = category or st.session_state.get("pick_category") or DEFAULT_CATEGORY
