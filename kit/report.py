@@ -417,6 +417,17 @@ def methods_table(records: list[dict[str, Any]], methods: list[str]) -> list[dic
     return rows
 
 
+def real_data_tables(records: list[dict[str, Any]], methods: list[str]
+                     ) -> Iterable[tuple[Group, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """``(group, its records, methods_table rows)`` for each group on real data (not the
+    embedded sample) with default runs of any of ``methods``, in :func:`_groups`' order."""
+    for group, rs in _groups(records):
+        if group.data != "sample":
+            rows = methods_table(rs, methods)
+            if rows:
+                yield group, rs, rows
+
+
 def defect_rows(records: list[dict[str, Any]], methods: list[str]
                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(types, rows)``: every method's default run per defect type (mean over seeds).
@@ -644,9 +655,9 @@ def reference_ablation(records: list[dict[str, Any]], method: str, ablation,
                        data: str | None = None) -> dict[str, Any] | None:
     """The reference results of one paper table: ``{"group": Group,
     "values": {variant: [value per seed]}, "points": {variant: [(n_train, value)]},
-    "caption": what made them and when}``; None when the data has none. Prefers the group of
-    ``data``, ``category`` and ``budget`` (the user's runs), else the first (real data, full
-    budget, no extra settings)."""
+    "caption": what made them and when}``; None when the data has none. Prefers the first
+    group of ``data``, ``category`` and ``budget`` (the user's runs; None matches any), else the
+    first (real data, full budget, no extra settings)."""
     candidates = []
     for group, rs in _groups(records):
         rows = ablation_rows(rs, method, ablation)
@@ -654,8 +665,9 @@ def reference_ablation(records: list[dict[str, Any]], method: str, ablation,
             candidates.append((group, rs, rows))
     if not candidates:
         return None
-    def fits(group: Group) -> bool:
-        return (group.category == category and group.budget == budget
+    def fits(group: Group) -> bool:  # None: any
+        return ((category is None or group.category == category)
+                and (budget is None or group.budget == budget)
                 and (data is None or group.data == data))
 
     group, rs, rows = next((c for c in candidates if fits(c[0])), candidates[0])
@@ -671,19 +683,43 @@ def reference_ablation(records: list[dict[str, Any]], method: str, ablation,
 
 
 def reference_markdown(method: str, ablation_name: str, metrics: Iterable[str] | None = None,
-                       path: Path | str | None = None) -> str:
+                       path: Path | str | None = None, budget: str | None = None) -> str:
     """One paper table's reference results as Markdown, for the notebooks (which, at their
     quick setting, run a few variants on the embedded sample and show these for the rest):
     the caption saying what made them, then a row per variant with the paper's value and ours
-    (mean ± spread over seeds) in each of ``metrics`` (default: ``ablation.columns``)."""
+    (mean ± spread over seeds) in each of ``metrics`` (default: ``ablation.columns``), from the
+    runs at ``budget`` where there are some (default: the full budget's, else any)."""
     from kit.method import method_class
 
     ablation = method_class(method).paper.ablation(ablation_name)
-    reference = reference_ablation(reference_records(path), method, ablation)
-    if reference is None:
-        return (f"No reference results for {method} {ablation_name} in the committed result data "
-                f"yet: `python -m kit bench --methods {method}` then `python -m kit report` make them.")
+    reference = reference_ablation(reference_records(path), method, ablation, budget=budget)
+    if reference is None or budget not in (None, reference["group"].budget):
+        at = f" at the {budget} budget" if budget else ""
+        return (f"No reference results for {method} {ablation_name}{at} in the committed result "
+                f"data yet: `python -m kit bench --methods {method}"
+                + (f" --budget {budget}" if budget else "") + "` then `python -m kit report` make them.")
     return reference["caption"] + "\n\n" + ablation_markdown(reference["rows"], ablation, metrics)
+
+
+def reference_method_markdown(method: str, path: Path | str | None = None) -> str:
+    """``method``'s default-settings reference runs as Markdown, for the notebooks: one table
+    per budget on real data with plain settings (:func:`methods_markdown`: metrics and costs
+    over seeds, the paper's value on that data), each under what made it."""
+    parts = []
+    for group, rs, rows in real_data_tables(reference_records(path), [method]):
+        if group.extra != "{}":
+            continue
+        used = list(newest_defaults([r for r in rs if r["method"] == method]).values())
+        command = (reference_command(used[0]).rsplit(" --seeds", 1)[0] + " --no-ablations"
+                   " --seeds " + " ".join(str(seed) for seed in rows[0]["seeds"]))
+        parts.append(f"**{_group_title(group, rs)}**, made {_made_when(used)} by "
+                     f"`{command}`:\n\n" + methods_markdown(rows))
+    if not parts:
+        return (f"No reference runs of {method} on real data in the committed result data yet: "
+                f"`python -m kit bench --methods {method} --no-ablations` then "
+                "`python -m kit report` make them.")
+    return ("Reference results (docs/results/runs.json, committed with the kit; "
+            "`python -m kit report` writes them from runs):\n\n" + "\n\n".join(parts))
 
 
 def reference_cost(records: list[dict[str, Any]], method: str, budget: str = "full"
@@ -1247,18 +1283,14 @@ def readme_table(records: list[dict[str, Any]]) -> str:
     methods = sorted(load_methods())
     parts = [README_BEGIN, ""]
     shown = False
-    for group, rs in _groups(records):
-        if group.data == "sample":
-            continue
-        rows = methods_table(rs, methods)
-        if rows:
-            shown = True
-            parts += [f"**{_group_title(group, rs)}**", "",
-                      methods_markdown(rows, with_paper=False), ""]
-            types, drows = defect_rows(rs, methods)
-            if drows:
-                parts += ["Pixel AUROC per defect type (each against the normal images):", "",
-                          defect_markdown(types, drows), ""]
+    for group, rs, rows in real_data_tables(records, methods):
+        shown = True
+        parts += [f"**{_group_title(group, rs)}**", "",
+                  methods_markdown(rows, with_paper=False), ""]
+        types, drows = defect_rows(rs, methods)
+        if drows:
+            parts += ["Pixel AUROC per defect type (each against the normal images):", "",
+                      defect_markdown(types, drows), ""]
     if not shown:
         parts += ["No results on real data yet: `python -m kit bench` makes them.", ""]
     parts += ["Every paper table beside ours, and which split each choice used: "

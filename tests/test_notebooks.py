@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -63,3 +64,15 @@ def test_committed_notebooks_have_no_outputs():
         nb = nbformat.read(path, as_version=4)
         dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("outputs")]
         assert not dirty, f"{path.name}: cells {dirty} carry outputs (strip them before committing)"
+
+
+def test_no_notebook_types_our_results_into_a_table():
+    """Our numbers in a notebook come from runs or the committed result data
+    (kit.report.reference_markdown, reference_method_markdown), never typed into a Markdown
+    table, where they drift from the runs: no Markdown table row names ours beside a value."""
+    typed = re.compile(r"^\|.*\bours\b.*\b0\.\d{2,}\b", re.IGNORECASE)
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        rows = [line for c in nb.cells if c.cell_type == "markdown"
+                for line in c.source.splitlines() if typed.search(line)]
+        assert not rows, f"{path.name}: typed result rows {rows}"

@@ -499,3 +499,49 @@ def test_reference_cost_of_every_method_from_the_committed_data(method):
         assert text.startswith(f"**One full-budget run of `{method}`**")
         assert f"{n} seed{'s' if n > 1 else ''}, made" in text
         assert all(f"seed {r['seed']}: {r['image_auroc']:.3f}" in text for r in reference["records"])
+
+
+def test_reference_method_tables_one_per_budget_of_plain_real_data(toy, tmp_path):
+    """Notebook 01's "our numbers" section: a table per budget on real data with plain
+    settings, from the newest default run of each seed, with the command that makes them; the
+    sample and extra settings are left out; a method without runs says how to make them."""
+    base = next(r for r in report.collect(toy["runs"]) if r["method"] == "padim")
+    def record(seed, auroc, budget="full", **changes):
+        return {**base, "data": "mtd", "category": "magnetic_tile", "budget": budget,
+                "seed": seed, "run": f"p{seed}{budget}{auroc}", "image_auroc": auroc,
+                "created": "2026-12-06T10:00:00", "extra": {}, "default": True, **changes}
+
+    records = [record(0, 0.91), record(1, 0.93), record(0, 0.81, "quick"),
+               record(0, 0.11, data="sample"), record(0, 0.12, extra={"image_size": 64}),
+               record(1, 0.13, created="2026-12-01T10:00:00")]  # older than seed 1's newest
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(records))
+    text = report.reference_method_markdown("padim", path=path)
+    full, quick = text.split("**magnetic_tile from `mtd`")[1:]
+    assert "full budget**" in full and "--budget full --no-ablations --seeds 0 1`" in full
+    assert "| 0.920 ± 0.020 |" in full and "| 0,1 |" in full
+    assert "quick budget**" in quick and "| 0.810 |" in quick and "--seeds 0`" in quick
+    assert not any(f"{v:.3f}" in text for v in (0.11, 0.12, 0.13))
+    assert report.reference_method_markdown("cflow", path=path).startswith("No reference runs of cflow")
+
+
+def test_a_reference_table_at_a_budget_the_data_lacks_says_so(toy, tmp_path):
+    path = tmp_path / "runs.json"
+    path.write_text(report.results_files(report.collect(toy["runs"]))["runs.json"])
+    quick = report.reference_markdown("nf_bmr", "table5", ["image_auroc"], path=path, budget="quick")
+    assert "quick budget, made" in quick  # the toy runs' budget
+    full = report.reference_markdown("nf_bmr", "table5", ["image_auroc"], path=path, budget="full")
+    assert full.startswith("No reference results for nf_bmr table5 at the full budget")
+    assert "--budget full` then" in full
+
+
+@pytest.mark.parametrize("method", sorted(load_methods()))
+def test_reference_method_tables_of_every_method_from_the_committed_data(method):
+    text = report.reference_method_markdown(method)
+    records = [r for r in report.reference_records() if r["method"] == method
+               and r["data"] != "sample" and r.get("default") and r["extra"] == {}]
+    if not records:
+        assert text.startswith(f"No reference runs of {method}")
+    else:
+        groups = {(r["data"], r["category"], r["fingerprint"], r["budget"]) for r in records}
+        assert text.count(f"| `{method}` |") == len(groups)
