@@ -98,17 +98,24 @@ def default_runs(runs_root, data_root, category: str, budget: str = "quick", see
     return runs
 
 
-def localisation(run_dir, data_root=None, progress: bool = False) -> dict[str, dict[str, float]]:
-    """``{map name: {"pooled", "per_image"}}`` for the primary map and every named map of a run,
-    its test split scored again at full size from the checkpoint: the pixel AUROC over all
-    pixels of all included images (the run's own metric for the primary map) beside the mean of
-    each defective image's own pixel AUROC (:func:`kit.metrics.per_image_pixel_auroc`)."""
+def localisation(run_dir, data_root=None, progress: bool = False,
+                 rescore: bool = False) -> dict[str, dict[str, float]]:
+    """``{map name: {"pooled", "per_image"}}`` for the primary map and every named map of a run:
+    the pixel AUROC over all pixels of all included images beside the mean of each defective
+    image's own pixel AUROC (:func:`kit.metrics.per_image_pixel_auroc`). Read from the run's
+    metrics where it recorded both for every map; otherwise (runs made before it recorded the
+    per-image value), or with ``rescore``, its test split is scored again at full size from the
+    checkpoint."""
     from kit import metrics
     from kit.data import ImageSet, find_category
     from kit.pipeline import full_size_scores
     from kit.runstore import load_run
 
     run = load_run(run_dir)
+    recorded = {"primary": run.metrics, **(run.metrics.get("maps") or {})}
+    if not rescore and all("pixel_auroc_per_image" in m for m in recorded.values()):
+        return {name: {"pooled": m.get("pixel_auroc"), "per_image": m["pixel_auroc_per_image"]}
+                for name, m in recorded.items()}
     cat = find_category(data_root or run.config["data_root"], run.config["category"])
     scored = full_size_scores(run_dir, data_root, progress=progress)
     masks, include = ImageSet(cat.test, scored.maps.shape[-1]).masks()

@@ -865,17 +865,16 @@ def main_methods_plot(records: list[dict[str, Any]], kind: str = "methods") -> P
 def takeaways(rows: list[dict[str, Any]]) -> str:
     """Markdown bullets read off :func:`methods_table` rows: the ranking in each metric and the
     cost of each method against the cheapest. Generated, so they follow the data."""
-    mean = mean_known
     lines = []
     for metric in ("image_auroc", "pixel_auroc", "aupro"):
-        ranked = sorted(((mean(row[metric]), row["method"]) for row in rows
-                         if mean(row[metric]) is not None), reverse=True)
+        ranked = sorted(((mean_known(row[metric]), row["method"]) for row in rows
+                         if mean_known(row[metric]) is not None), reverse=True)
         if ranked:
             lines.append(f"- **{METRIC_NAMES[metric]}**, best first: "
                          + ", ".join(f"`{name}` {value:.3f}" for value, name in ranked) + ".")
     for key, what in (("infer_ms_per_image", "inference"), ("fit_seconds", "fit time")):
-        costs = sorted(((mean(row[key]), row["method"]) for row in rows
-                        if mean(row[key]) is not None))
+        costs = sorted(((mean_known(row[key]), row["method"]) for row in rows
+                        if mean_known(row[key]) is not None))
         if len(costs) > 1 and costs[0][0] > 0:
             cheapest = costs[0][0]
             warm = {row["method"] for row in rows if warm_share(row, WARM_NOTES[key][1])}

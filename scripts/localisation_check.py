@@ -38,7 +38,7 @@ from kit.runstore import load_run  # noqa: E402
 
 def check(run_dir: Path | str, progress: bool = True) -> dict:
     run = load_run(run_dir)
-    values = localisation(run_dir, progress=progress)
+    values = localisation(run_dir, progress=progress, rescore=True)  # a check, not a lookup
     return {"run": run.name, "method": run.method, "map_size": int(run.metrics["image_size"]),
             "n_defective": sum(1 for r in run.scores if r["label"] and r["pixel_included"]),
             "maps": {name: {k: None if v is None else round(v, 4) for k, v in row.items()}

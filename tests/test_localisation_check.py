@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from fixtures_runs import tiny_overrides
+from kit.compare import localisation
 from kit.data import find_category
 from kit.paths import REPO_ROOT
 from kit.pipeline import run_experiment
@@ -37,4 +38,9 @@ def test_every_map_of_a_run_is_checked_and_appended_as_one_line(tmp_path, capsys
     assert all(0 <= v["per_image"] <= 1 for v in row["maps"].values())
     assert row["n_defective"] == sum(s.label for s in find_category(data, "toy").test) > 0
     assert row["map_size"] == run.metrics["image_size"]
+    # what the run recorded (read without scoring again) agrees with the check's re-scoring
+    recorded = localisation(run_dir)
+    assert set(recorded) == set(row["maps"])
+    for name, values in recorded.items():
+        assert values == pytest.approx(row["maps"][name], abs=1e-4), name
     assert "per image" in capsys.readouterr().out
